@@ -15,6 +15,7 @@ import logging
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ from olmo_train.checkpoint.config import CheckpointConfig
 from olmo_train.checkpoint.manifest import (MANIFEST, TRAIN_FILE, build_manifest, find_problem, fsync_path,
                                             fsync_tree, read_manifest, redact_secrets, write_json_durably)
 from olmo_train.checkpoint.rng import load_rng, rng_file, save_rng
-from olmo_train.checkpoint.safe_reader import SafeFileSystemReader, read_dcp_metadata, tensor_shapes
+from olmo_train.checkpoint.safe_reader import SafeFileSystemReader, SafeLoadPlanner, read_dcp_metadata, tensor_shapes
 from olmo_train.checkpoint.state import TRAIN_KEY, check_fits, describe_config_diff, flatten_tensors, resolve
 from olmo_train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+# DCP warns on every single-process save/load; running without a process group is deliberate here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
+                        category=UserWarning)
 
 
 class CheckpointManager:
@@ -141,7 +145,8 @@ class CheckpointManager:
         config_diff = describe_config_diff((manifest or {}).get("model_config"), self.model_config)
         check_fits(str(path), saved, flatten_tensors(dcp_state), config_diff)
         try:
-            dcp.load(dcp_state, storage_reader=SafeFileSystemReader(str(path)), process_group=self._pg,
+            dcp.load(dcp_state, storage_reader=SafeFileSystemReader(str(path)), planner=SafeLoadPlanner(),
+                     process_group=self._pg,
                      no_dist=not self._dist)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP raises a BaseException subclass
             raise CheckpointError(f"loading checkpoint {path} failed: {_describe(e)}") from e

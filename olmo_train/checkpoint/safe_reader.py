@@ -2,8 +2,9 @@
 
 DCP stores its `.metadata` file as a pickle. `SafeFileSystemReader` reads it with an unpickler that only builds
 the plain metadata classes DCP itself writes (dataclasses of shapes, dtypes and file offsets) and refuses any other
-global, so a tampered checkpoint cannot run code on load. Tensor data is raw bytes and non-tensor entries are read
-by DCP with `torch.load(weights_only=True)`.
+global, so a tampered checkpoint cannot run code on load. Tensor data is raw bytes. Non-tensor entries (an
+optimizer's lr, betas, ...) are torch.save'd objects that DCP's default planner reads with `weights_only=False`;
+`SafeLoadPlanner` reads them with `weights_only=True` instead. Load with both.
 """
 
 import io
@@ -13,7 +14,10 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import ReadItem
 
 from olmo_train.errors import CheckpointError
 
@@ -90,3 +94,18 @@ class SafeFileSystemReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, reading non-tensor entries with `torch.load(weights_only=True)`."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"checkpoint entry '{read_item.dest_index.fqn}' is not plain data and would "
+                                  f"need to run code to load ({e}); refusing to load it") from e
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
