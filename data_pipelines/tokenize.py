@@ -1,0 +1,230 @@
+"""Text documents -> token shards in OLMo's flat memmap format (see olmo_train/data/memmap.py).
+
+Restartable: the documents are split into shards by a plan that depends only on the document count and
+`docs_per_shard`. Each shard is written to a temp name, fsync'd and renamed, then its sidecar `.json` is written
+(the mark of a complete shard); `metadata.json` comes last. A re-run skips every shard whose sidecar matches the
+plan and redoes the rest, so an interrupted run resumed gives the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from data_pipelines.tokenizer import eos_token_id, tokenizer_hash, vocab_size
+from olmo_train.data.memmap import FORMAT_VERSION, METADATA_NAME, SIDECAR_SUFFIX, read_json
+from olmo_train.errors import DataError
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    """Documents [doc_start, doc_end) of the dataset go to `file`."""
+
+    index: int
+    doc_start: int
+    doc_end: int
+    file: str
+
+
+def plan_shards(num_docs: int, docs_per_shard: int) -> list[ShardPlan]:
+    if docs_per_shard < 1:
+        raise DataError(f"docs_per_shard must be >= 1, got {docs_per_shard}.")
+    starts = range(0, num_docs, docs_per_shard)
+    return [ShardPlan(i, s, min(s + docs_per_shard, num_docs), f"part-{i:05d}.npy") for i, s in enumerate(starts)]
+
+
+def load_text_dataset(inputs: list[str], *, text_field: str = "text", split: str = "train",
+                      name: str | None = None) -> datasets.Dataset:
+    """Local jsonl / json / parquet / text files (all of one kind), or one hub dataset id."""
+    local = [p for p in inputs if os.path.exists(p) or glob.has_magic(p)]
+    if local and len(local) != len(inputs):
+        missing = sorted(set(inputs) - set(local))
+        raise DataError(f"input files {missing} do not exist. Fix: check the paths.")
+    if local:
+        files = sorted({f for p in local for f in (glob.glob(p) if glob.has_magic(p) else [p])})
+        kinds = {FILE_BUILDERS.get(os.path.splitext(f)[1]) for f in files}
+        if None in kinds or len(kinds) != 1:
+            raise DataError(f"inputs {files} must all be one of .jsonl/.json(.gz)/.parquet/.txt files.")
+        for f in files:
+            if os.path.getsize(f) == 0:
+                raise DataError(f"input file {f} is empty. Fix: remove it from the inputs.")
+        ds = datasets.load_dataset(kinds.pop(), data_files=files, split="train")
+    else:
+        try:
+            ds = datasets.load_dataset(inputs[0], name, split=split)
+        except Exception as e:
+            raise DataError(f"dataset {inputs[0]!r} is no local file and cannot be loaded from the hub ({e}). "
+                            f"Fix: check the path, or unset HF_DATASETS_OFFLINE to download.") from e
+    if text_field not in ds.column_names:
+        raise DataError(f"dataset {inputs} has no column {text_field!r} (columns: {ds.column_names}). "
+                        f"Fix: pass --text-field with one of them.")
+    if len(ds) == 0:
+        raise DataError(f"dataset {inputs} holds no documents.")
+    return ds
+
+
+def _write_atomic(path: str, data: bytes | np.ndarray) -> None:
+    """Write to a temp name, fsync, rename; the final name never shows a partial file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        if isinstance(data, np.ndarray):
+            data.tofile(fh)
+        else:
+            fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def encode_documents(tok: Tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """Token ids of the documents with EOS after each (empty documents skipped) -> (tokens [N], num_docs)."""
+    ids_per_doc = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+    ids_per_doc = [ids for ids in ids_per_doc if ids]
+    out = np.empty(sum(map(len, ids_per_doc)) + len(ids_per_doc), dtype=dtype)
+    pos = 0
+    for ids in ids_per_doc:
+        out[pos:pos + len(ids)] = ids
+        pos += len(ids)
+        out[pos] = eos_id
+        pos += 1
+    return out, len(ids_per_doc)
+
+
+def _encode_shard(tok: Tokenizer, out_dir: str, shard: ShardPlan, texts: list[str], job: dict[str, Any],
+                  job_hash: str) -> dict[str, Any]:
+    tokens, num_docs = encode_documents(tok, texts, job["eos_token_id"], np.dtype(job["dtype"]))
+    path = os.path.join(out_dir, shard.file)
+    _write_atomic(path, tokens)
+    meta = {**asdict(shard), "num_tokens": int(tokens.size), "num_documents": num_docs,
+            "max_token_id": int(tokens.max()) if tokens.size else -1, "dtype": job["dtype"],
+            "eos_token_id": job["eos_token_id"], "tokenizer_hash": job["tokenizer_hash"], "job": job_hash}
+    _write_atomic(path + SIDECAR_SUFFIX, json.dumps(meta).encode())
+    return meta
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no nested thread pools
+    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+
+
+def _worker_encode_shard(*args: Any) -> dict[str, Any]:
+    assert _WORKER_TOKENIZER is not None
+    return _encode_shard(_WORKER_TOKENIZER, *args)
+
+
+def _shard_done(out_dir: str, shard: ShardPlan, job_hash: str, overwrite: bool) -> bool:
+    path = os.path.join(out_dir, shard.file)
+    if not os.path.isfile(path + SIDECAR_SUFFIX):
+        return False
+    meta = read_json(path + SIDECAR_SUFFIX)
+    if meta.get("job") != job_hash:
+        if overwrite:
+            return False
+        raise DataError(f"{path} was written by another tokenisation job (other data, tokenizer or shard size). "
+                        f"Fix: use a fresh output directory, or pass overwrite=True (--overwrite).")
+    size_ok = os.path.isfile(path) and os.path.getsize(path) == meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize
+    return size_ok and (meta["doc_start"], meta["doc_end"]) == (shard.doc_start, shard.doc_end)
+
+
+def _job(dataset: datasets.Dataset, tok: Tokenizer, *, text_field: str, docs_per_shard: int, source: str,
+         eos: str | None) -> dict[str, Any]:
+    return {"format": FORMAT_VERSION, "source": source, "dataset_fingerprint": dataset._fingerprint,  # noqa: SLF001
+            "num_input_documents": len(dataset), "text_field": text_field, "docs_per_shard": docs_per_shard,
+            "tokenizer_hash": tokenizer_hash(tok), "eos_token_id": eos_token_id(tok, eos),
+            "dtype": "uint16" if vocab_size(tok) <= 1 << 16 else "uint32"}
+
+
+def _run_shards(todo: list[ShardPlan], texts_of: Callable[[ShardPlan], list[str]], tok: Tokenizer,
+                num_workers: int, args: tuple) -> Iterator[dict[str, Any]]:
+    """Encodes and writes the shards, yielding each sidecar as it completes (in-process or in spawned workers)."""
+    if num_workers <= 1:
+        for shard in todo:
+            yield _encode_shard(tok, args[0], shard, texts_of(shard), *args[1:])
+        return
+    ctx = mp.get_context("spawn")  # forking a process that has used tokenizers' thread pool can deadlock
+    with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(tok.to_str(),)) as pool:
+        pending: set[Future] = set()
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < 2 * num_workers:  # bounded: never holds the whole dataset's text
+                shard = queue.pop(0)
+                pending.add(pool.submit(_worker_encode_shard, args[0], shard, texts_of(shard), *args[1:]))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+
+
+def tokenize_to_shards(dataset: datasets.Dataset, out_dir: str, tok: Tokenizer, *, text_field: str = "text",
+                       docs_per_shard: int = 10_000, num_workers: int = 1, source: str = "",
+                       eos: str | None = None, tokenizer_spec: str = "", overwrite: bool = False,
+                       progress: bool = True, on_shard_done: Callable[[dict[str, Any]], None] | None = None,
+                       ) -> dict[str, Any]:
+    """Tokenizes `dataset[text_field]` into `out_dir`; returns the dataset metadata (also in metadata.json).
+
+    num_workers: processes (spawned), each encoding whole shards; 1 = in this process (tokenizers' own thread
+    pool then follows TOKENIZERS_PARALLELISM). on_shard_done(sidecar) is called after each completed shard.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    job = _job(dataset, tok, text_field=text_field, docs_per_shard=docs_per_shard, source=source, eos=eos)
+    job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+    meta_path = os.path.join(out_dir, METADATA_NAME)
+    if os.path.isfile(meta_path) and read_json(meta_path).get("job") == job_hash:
+        return read_json(meta_path)
+    for stale in glob.glob(os.path.join(out_dir, "*.tmp.*")):
+        os.remove(stale)
+    plan = plan_shards(len(dataset), docs_per_shard)
+    todo = [s for s in plan if not _shard_done(out_dir, s, job_hash, overwrite)]
+    bar = tqdm(total=len(dataset), initial=len(dataset) - sum(s.doc_end - s.doc_start for s in todo),
+               unit="doc", desc=f"tokenize {source or out_dir}", disable=not progress)
+    tokens, t0 = 0, time.perf_counter()
+    for sidecar in _run_shards(todo, lambda s: dataset[s.doc_start:s.doc_end][text_field], tok, num_workers,
+                               (out_dir, job, job_hash)):
+        tokens += sidecar["num_tokens"]
+        bar.update(sidecar["doc_end"] - sidecar["doc_start"])
+        bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.3g}")
+        if on_shard_done is not None:
+            on_shard_done(sidecar)
+    bar.close()
+    return _write_metadata(out_dir, plan, job, job_hash, tokenizer_spec)
+
+
+def _write_metadata(out_dir: str, plan: list[ShardPlan], job: dict[str, Any], job_hash: str,
+                    tokenizer_spec: str) -> dict[str, Any]:
+    shards = [read_json(os.path.join(out_dir, s.file + SIDECAR_SUFFIX)) for s in plan]
+    shards = [s for s in shards if s["num_tokens"] > 0]
+    if not shards:
+        raise DataError(f"tokenisation into {out_dir} produced no tokens: every document was empty.")
+    for s in shards:
+        for key in ("job", "dtype", "eos_token_id", "tokenizer_hash"):
+            s.pop(key)
+    meta = {**job, "job": job_hash, "tokenizer": tokenizer_spec,
+            "num_tokens": sum(s["num_tokens"] for s in shards),
+            "num_documents": sum(s["num_documents"] for s in shards),
+            "max_token_id": max(s["max_token_id"] for s in shards), "shards": shards}
+    _write_atomic(os.path.join(out_dir, METADATA_NAME), json.dumps(meta, indent=1).encode())
+    return meta
