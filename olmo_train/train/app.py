@@ -1,0 +1,85 @@
+"""`olmo-train`: the Hydra app. Composes and validates the config, builds every part once, trains, exits with the
+code of docs/interfaces.md (0 finished, 3 preempted, 1 failed, 4 hang — the watchdog exits by itself)."""
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from olmo_train.errors import OlmoTrainError
+from olmo_train.train.config import Config, register_configs
+
+log = logging.getLogger("olmo_train")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+_exit_code = 1
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed DictConfig as validated dataclasses (runs every __post_init__)."""
+    return OmegaConf.to_object(cfg)
+
+
+def _setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.getLogger().setLevel(level)
+    for name in ("olmo_train", "torch.distributed", "DeepSpeed"):
+        logging.getLogger(name).setLevel(level)
+    if rank != 0:
+        os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def run(cfg: Config) -> int:
+    """Builds and trains; returns the exit code."""
+    from olmo_train.train.build import build_trainer, shutdown
+
+    parts = None
+    try:
+        parts = build_trainer(cfg, setup_logging=_setup_logging)
+        reason = parts.trainer.fit()
+        code = {"finished": 0, "preempted": 3}.get(reason, 1)
+        log.info("training %s at step %d; exit code %d", reason, parts.trainer.step, code)
+        return code
+    except OlmoTrainError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        if parts is None:
+            _write_failure(cfg, exc)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any crash ends the attempt with code 1 and its traceback
+        log.error("training failed: %s\n%s", exc, traceback.format_exc())
+        return 1
+    finally:
+        shutdown(parts)
+
+
+def _write_failure(cfg: Config, exc: BaseException) -> None:
+    """Before the trainer exists, print the error plainly (Hydra's own reporter would swallow the message)."""
+    print(f"olmo-train: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
+def _hydra_main(dcfg: DictConfig) -> None:
+    global _exit_code
+    try:
+        cfg = to_config(dcfg)
+    except Exception as exc:  # noqa: BLE001 - a ConfigError, possibly wrapped by OmegaConf
+        cause = exc.__cause__ or exc
+        print(f"olmo-train: invalid config: {cause}", file=sys.stderr)
+        _exit_code = 1
+        return
+    _exit_code = run(cfg)
+
+
+def main() -> None:
+    register_configs()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    _hydra_main()
+    sys.exit(_exit_code)
+
+
+if __name__ == "__main__":
+    main()
