@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
@@ -24,21 +23,12 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from data_pipelines.shard_writer import ShardPlan, encode_shard, init_worker, worker_encode_shard, write_atomic
 from data_pipelines.tokenizer import eos_token_id, tokenizer_hash, vocab_size
 from olmo_train.data.memmap import FORMAT_VERSION, METADATA_NAME, SIDECAR_SUFFIX, read_json
 from olmo_train.errors import DataError
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".txt": "text"}
-
-
-@dataclass(frozen=True, slots=True)
-class ShardPlan:
-    """Documents [doc_start, doc_end) of the dataset go to `file`."""
-
-    index: int
-    doc_start: int
-    doc_end: int
-    file: str
 
 
 def plan_shards(num_docs: int, docs_per_shard: int) -> list[ShardPlan]:
@@ -51,8 +41,10 @@ def plan_shards(num_docs: int, docs_per_shard: int) -> list[ShardPlan]:
 def load_text_dataset(inputs: list[str], *, text_field: str = "text", split: str = "train",
                       name: str | None = None) -> datasets.Dataset:
     """Local jsonl / json / parquet / text files (all of one kind), or one hub dataset id."""
-    local = [p for p in inputs if os.path.exists(p) or glob.has_magic(p)]
-    if local and len(local) != len(inputs):
+    looks_local = [p for p in inputs if os.path.exists(p) or glob.has_magic(p) or p.startswith((".", "/", "~"))
+                   or os.path.splitext(p)[1] in FILE_BUILDERS]
+    local = [p for p in looks_local if os.path.exists(p) or glob.has_magic(p)]
+    if looks_local and len(local) != len(inputs):
         missing = sorted(set(inputs) - set(local))
         raise DataError(f"input files {missing} do not exist. Fix: check the paths.")
     if local:
@@ -76,64 +68,6 @@ def load_text_dataset(inputs: list[str], *, text_field: str = "text", split: str
     if len(ds) == 0:
         raise DataError(f"dataset {inputs} holds no documents.")
     return ds
-
-
-def _write_atomic(path: str, data: bytes | np.ndarray) -> None:
-    """Write to a temp name, fsync, rename; the final name never shows a partial file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        if isinstance(data, np.ndarray):
-            data.tofile(fh)
-        else:
-            fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def encode_documents(tok: Tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
-    """Token ids of the documents with EOS after each (empty documents skipped) -> (tokens [N], num_docs)."""
-    ids_per_doc = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
-    ids_per_doc = [ids for ids in ids_per_doc if ids]
-    out = np.empty(sum(map(len, ids_per_doc)) + len(ids_per_doc), dtype=dtype)
-    pos = 0
-    for ids in ids_per_doc:
-        out[pos:pos + len(ids)] = ids
-        pos += len(ids)
-        out[pos] = eos_id
-        pos += 1
-    return out, len(ids_per_doc)
-
-
-def _encode_shard(tok: Tokenizer, out_dir: str, shard: ShardPlan, texts: list[str], job: dict[str, Any],
-                  job_hash: str) -> dict[str, Any]:
-    tokens, num_docs = encode_documents(tok, texts, job["eos_token_id"], np.dtype(job["dtype"]))
-    path = os.path.join(out_dir, shard.file)
-    _write_atomic(path, tokens)
-    meta = {**asdict(shard), "num_tokens": int(tokens.size), "num_documents": num_docs,
-            "max_token_id": int(tokens.max()) if tokens.size else -1, "dtype": job["dtype"],
-            "eos_token_id": job["eos_token_id"], "tokenizer_hash": job["tokenizer_hash"], "job": job_hash}
-    _write_atomic(path + SIDECAR_SUFFIX, json.dumps(meta).encode())
-    return meta
-
-
-_WORKER_TOKENIZER: Tokenizer | None = None
-
-
-def _init_worker(tokenizer_json: str) -> None:
-    global _WORKER_TOKENIZER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no nested thread pools
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
-
-
-def _worker_encode_shard(*args: Any) -> dict[str, Any]:
-    assert _WORKER_TOKENIZER is not None
-    return _encode_shard(_WORKER_TOKENIZER, *args)
 
 
 def _shard_done(out_dir: str, shard: ShardPlan, job_hash: str, overwrite: bool) -> bool:
@@ -163,17 +97,17 @@ def _run_shards(todo: list[ShardPlan], texts_of: Callable[[ShardPlan], list[str]
     """Encodes and writes the shards, yielding each sidecar as it completes (in-process or in spawned workers)."""
     if num_workers <= 1:
         for shard in todo:
-            yield _encode_shard(tok, args[0], shard, texts_of(shard), *args[1:])
+            yield encode_shard(tok, args[0], shard, texts_of(shard), *args[1:])
         return
     ctx = mp.get_context("spawn")  # forking a process that has used tokenizers' thread pool can deadlock
-    with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=init_worker,
                              initargs=(tok.to_str(),)) as pool:
         pending: set[Future] = set()
         queue = list(todo)
         while queue or pending:
             while queue and len(pending) < 2 * num_workers:  # bounded: never holds the whole dataset's text
                 shard = queue.pop(0)
-                pending.add(pool.submit(_worker_encode_shard, args[0], shard, texts_of(shard), *args[1:]))
+                pending.add(pool.submit(worker_encode_shard, args[0], shard, texts_of(shard), *args[1:]))
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield fut.result()
@@ -226,5 +160,5 @@ def _write_metadata(out_dir: str, plan: list[ShardPlan], job: dict[str, Any], jo
             "num_tokens": sum(s["num_tokens"] for s in shards),
             "num_documents": sum(s["num_documents"] for s in shards),
             "max_token_id": max(s["max_token_id"] for s in shards), "shards": shards}
-    _write_atomic(os.path.join(out_dir, METADATA_NAME), json.dumps(meta, indent=1).encode())
+    write_atomic(os.path.join(out_dir, METADATA_NAME), json.dumps(meta, indent=1).encode())
     return meta

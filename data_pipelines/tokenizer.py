@@ -23,7 +23,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
             return Tokenizer.from_file(path)
         except Exception as e:  # tokenizers raises a bare Exception on malformed json
             raise DataError(f"tokenizer file {path} cannot be loaded: {e}. Fix: pass a HF tokenizer.json.") from e
-    if os.path.sep in spec or spec.endswith(".json"):
+    if spec.endswith(".json") or spec.startswith((".", "/", "~")) or os.path.exists(os.path.dirname(path) or "\0"):
         raise DataError(f"tokenizer {spec} does not exist. Fix: pass the path of a tokenizer.json, a directory "
                         f"holding one, or a hub name.")
     try:
