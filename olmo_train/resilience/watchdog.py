@@ -109,7 +109,8 @@ class Watchdog:
         idle = time.monotonic() - self.last_beat
         msg = (f"watchdog: no heartbeat for {idle:.1f} s (last step {self.step}); dumping all thread stacks and "
                f"exiting with code {self.exit_code}")
-        log.error(msg)
+        if logging.getLogger().handlers:  # else logging would print it to stderr a second time
+            log.error(msg)
         try:
             print(msg, file=self.stream, flush=True)
             _dump_all_stacks(self.stream)
