@@ -1,59 +1,75 @@
-"""Per-rank random number generator states (torch CPU and CUDA, numpy, Python) as safetensors + JSON metadata."""
+"""Per-rank random number generator states (torch CPU and CUDA, numpy, Python), one small file per rank.
 
-import json
+Stored with `torch.save` as a dict of tensors, ints, floats and strings and read back with
+`torch.load(weights_only=True)`: plain data only, no pickled code.
+"""
+
+import io
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from olmo_train.checkpoint.manifest import RNG_DIR, fsync_path
+from olmo_train.checkpoint.manifest import RNG_DIR, write_bytes_durably
 from olmo_train.errors import CheckpointError
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional here: its state is simply not saved
+    np = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
 
 def rng_file(root: Path, rank: int) -> Path:
-    return root / RNG_DIR / f"rank{rank:05d}.safetensors"
+    return root / RNG_DIR / f"rank{rank:05d}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as plain data (tensors, ints, floats, strings)."""
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {"torch_cpu": torch.get_rng_state(), "python_version": py_version,
+                             "python_state": torch.tensor(py_state, dtype=torch.int64), "python_gauss": py_gauss}
+    if np is not None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state.update(numpy_kind=kind, numpy_keys=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos),
+                     numpy_has_gauss=int(has_gauss), numpy_gauss=float(gauss))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], source: Path) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    random.setstate((state["python_version"], tuple(state["python_state"].tolist()), state["python_gauss"]))
+    if np is not None and "numpy_keys" in state:
+        np.random.set_state((state["numpy_kind"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                             state["numpy_has_gauss"], state["numpy_gauss"]))
+    cuda = state.get("torch_cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+    elif cuda:
+        log.warning("%s holds CUDA RNG states but CUDA is not available here; they are not restored", source)
 
 
 def save_rng(root: Path, rank: int) -> None:
-    """Writes this process's RNG states to `root/rng/rank<r>.safetensors` and fsyncs it."""
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    tensors = {
-        "torch_cpu": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-        "python_state": torch.tensor(py_state, dtype=torch.int64),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda{i}"] = state
-    scalars = {"numpy_kind": np_kind, "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss),
-               "numpy_gauss": float(np_gauss), "python_version": py_version, "python_gauss": py_gauss}
+    """Writes this process's RNG states to `root/rng/rank<r>.pt` (fsync'd)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
     path = rng_file(root, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"scalars": json.dumps(scalars)})
-    fsync_path(path)
+    write_bytes_durably(path, buffer.getvalue())
 
 
 def load_rng(root: Path, rank: int) -> None:
-    """Restores this process's RNG states from `root/rng/rank<r>.safetensors` (no pickle involved)."""
+    """Restores this process's RNG states from `root/rng/rank<r>.pt`."""
     path = rng_file(root, rank)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint holds no RNG state for rank {rank}")
-    with safe_open(str(path), framework="pt") as f:
-        scalars = json.loads(f.metadata()["scalars"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    torch.set_rng_state(tensors["torch_cpu"])
-    np.random.set_state((scalars["numpy_kind"], tensors["numpy_keys"].numpy().astype(np.uint32),
-                         scalars["numpy_pos"], scalars["numpy_has_gauss"], scalars["numpy_gauss"]))
-    random.setstate((scalars["python_version"], tuple(tensors["python_state"].tolist()), scalars["python_gauss"]))
-    cuda_states = [tensors[f"torch_cuda{i}"] for i in range(len(tensors)) if f"torch_cuda{i}" in tensors]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
-    elif cuda_states:
-        log.warning("%s holds CUDA RNG states but CUDA is not available here; they are not restored", path)
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing: the checkpoint holds no RNG state for rank {rank}") from e
+    except Exception as e:  # noqa: BLE001 - weights_only refuses anything but plain data
+        raise CheckpointError(f"{path} is not a plain RNG state file ({e}); the checkpoint is damaged") from e
+    set_rng_state(state, path)

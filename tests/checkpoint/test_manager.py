@@ -65,7 +65,7 @@ def test_manifest_lists_files_config_and_shapes_but_no_secret(tmp_path, monkeypa
     assert manifest["kind"] == "dcp" and manifest["step"] == 3 and manifest["world_size"] == 1
     assert manifest["model_config"] == {"width": 8, "hub_token": "<redacted>"}
     assert manifest["tensors"]["model.layers.0.weight"] == {"shape": [8, 8], "dtype": "float32"}
-    assert {".metadata", "train.json", "rng/rank00000.safetensors"} <= set(manifest["files"])
+    assert {".metadata", "train.json", "rng/rank00000.pt"} <= set(manifest["files"])
     for file in path.rglob("*"):
         if file.is_file():
             assert b"s3cr3t" not in file.read_bytes() and b"hf_abc" not in file.read_bytes(), file

@@ -82,7 +82,7 @@ def test_fsdp2_checkpoint_from_2_ranks_loads_at_1_and_4(tmp_path):
     step_dir = tmp_path / "checkpoints" / "step2"
     manifest = json.loads((step_dir / "manifest.json").read_text())
     assert manifest["world_size"] == 2
-    assert {"rng/rank00000.safetensors", "rng/rank00001.safetensors"} <= set(manifest["files"])
+    assert {"rng/rank00000.pt", "rng/rank00001.pt"} <= set(manifest["files"])
     assert manifest["tensors"]["model.layers.1.weight"]["shape"] == [3, 8]
 
     model = TinyNet(width=8, out=3)
