@@ -42,13 +42,28 @@ def build(model_name: str, device: str) -> tuple[OlmoHybrid, torch.optim.AdamW]:
         model = OlmoHybrid(presets.get(model_name))
     model.to_empty(device=device)
     with torch.no_grad():
-        model.init_weights(0)
+        if device == "cuda":  # values do not matter for timings: draw on the GPU, not through the CPU init
+            for p in model.parameters():
+                p.normal_(0.0, 0.02)
+        else:
+            model.init_weights(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for p in model.parameters():
         p.grad = torch.full_like(p, 1e-3)
     opt.step()  # exp_avg / exp_avg_sq exist and are non-zero, as mid-training
     opt.zero_grad(set_to_none=True)
     return model, opt
+
+
+def fs_info(path: Path) -> dict[str, object]:
+    """Mount point, file system type and free space of the file system holding `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    resolved = str(path.resolve())
+    mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    holding = [m for m in mounts if resolved == m[0] or resolved.startswith(m[0].rstrip("/") + "/")]
+    mount, fstype = max(holding, key=lambda m: len(m[0]), default=["?", "?"])
+    st = os.statvfs(path)
+    return {"dir": str(path), "mount": mount, "fstype": fstype, "free_gb": round(st.f_bavail * st.f_frsize / 1e9)}
 
 
 def dir_bytes(path: Path) -> int:
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace) -> None:
     record("model", {"preset": args.model, "params": model.num_params(), "build_s": round(time.perf_counter() - t0, 2)})
     run_dir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ckpt_bench_"))
     shutil.rmtree(run_dir, ignore_errors=True)
+    record("filesystem", fs_info(run_dir))
     cfg = CheckpointConfig(interval=1, keep=1, async_save=True, write_threads=args.write_threads)
     mgr = CheckpointManager(cfg, run_dir, model_config=model.config)
     timed_saves(mgr, model, opt, list(range(1, args.saves + 1)), device)
