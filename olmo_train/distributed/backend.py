@@ -38,12 +38,17 @@ class BuildSpec:
     world_size: int
     micro_batch_size: int
     accum_steps: int
+    seq_len: int
     saved_world_size: int | None = None  # world size of the checkpoint to resume, if any
 
 
 class Backend(ABC):
     model: nn.Module
     """Called by the loop: model(input_ids [B, T], doc_lens=...) -> logits [B, T, V]."""
+    num_params: int
+    """Parameters of the full model (counted before any sharding)."""
+    flops_per_token: float
+    """Training FLOPs per token at the run's sequence length (the MFU numerator)."""
 
     @property
     @abstractmethod
@@ -82,6 +87,12 @@ def build_meta_model(model_config: Any) -> nn.Module:
         return OlmoHybrid(model_config)
 
 
+def count(backend: Backend, model: nn.Module, seq_len: int) -> None:
+    """Sets the backend's parameter and FLOP counts from the unsharded (possibly meta) model."""
+    backend.num_params = model.num_params()
+    backend.flops_per_token = float(model.flops_per_token(seq_len))
+
+
 def materialise(model: nn.Module, device: torch.device, seed: int) -> None:
     model.to_empty(device=device)
     with torch.no_grad():
@@ -97,6 +108,7 @@ class TorchBackend(Backend):
 
         self.cfg, self.spec = cfg, spec
         model = build_meta_model(spec.model_config)
+        count(self, model, spec.seq_len)
         apply_activation_checkpointing(model, cfg.activation_checkpointing)
         if isinstance(cfg, FSDP2Config):
             if cfg.compile or (cfg.compile is None and spec.device.type == "cuda"):

@@ -11,7 +11,6 @@ size on resume goes through DeepSpeed's universal checkpoint: rank 0 converts on
 RUN/checkpoints/universal/step<N>/), and the engine is built with `checkpoint.load_universal`.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from olmo_train.distributed.backend import Backend, BuildSpec, build_meta_model, materialise
+from olmo_train.distributed.backend import Backend, BuildSpec, build_meta_model, count, materialise
 from olmo_train.distributed.config import DeepSpeedConfig
 from olmo_train.errors import CheckpointError, EnvironmentSetupError
 from olmo_train.model.olmo_hybrid.parallelize import apply_activation_checkpointing
@@ -64,6 +63,7 @@ class DeepSpeedBackend(Backend):
         self.cfg, self.spec = cfg, spec
         self.universal = spec.saved_world_size is not None and spec.saved_world_size != spec.world_size
         model = build_meta_model(spec.model_config)
+        count(self, model, spec.seq_len)
         materialise(model, spec.device, spec.seed)
         apply_activation_checkpointing(model, cfg.activation_checkpointing)
         optimizer = build_adamw(param_groups(model, spec.optimizer), spec.optimizer)

@@ -11,7 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from olmo_train.errors import OlmoTrainError
+from olmo_train.errors import ConfigError, OlmoTrainError
 from olmo_train.train.config import Config, register_configs
 
 log = logging.getLogger("olmo_train")
@@ -20,8 +20,17 @@ _exit_code = 1
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """The composed DictConfig as validated dataclasses (runs every __post_init__)."""
-    return OmegaConf.to_object(cfg)
+    """The composed DictConfig as validated dataclasses (runs every __post_init__). ConfigError for an invalid
+    value or a key the schema lacks (`+trainer.foo=1` passes composition and fails here, thanks to slots)."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OmegaConf wraps __post_init__ errors; slots give AttributeError
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(f"invalid config: {exc}") from exc
 
 
 def _setup_logging(rank: int) -> None:
@@ -66,9 +75,8 @@ def _hydra_main(dcfg: DictConfig) -> None:
     global _exit_code
     try:
         cfg = to_config(dcfg)
-    except Exception as exc:  # noqa: BLE001 - a ConfigError, possibly wrapped by OmegaConf
-        cause = exc.__cause__ or exc
-        print(f"olmo-train: invalid config: {cause}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"olmo-train: ConfigError: {exc}", file=sys.stderr)
         _exit_code = 1
         return
     _exit_code = run(cfg)

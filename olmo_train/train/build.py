@@ -64,7 +64,7 @@ def build_trainer(cfg: Config, *, setup_logging: Callable[[int], None] = lambda 
     backend = build_backend(cfg.distributed, BuildSpec(
         model_config=cfg.model, optimizer=cfg.trainer.optimizer, grad_clip=cfg.trainer.grad_clip, seed=cfg.seed,
         device=device, world_size=denv.world_size, micro_batch_size=cfg.micro_batch_size, accum_steps=accum,
-        saved_world_size=saved_ws))
+        seq_len=cfg.trainer.seq_len, saved_world_size=saved_ws))
     loader = build_train_loader(cfg.data, seq_len=cfg.trainer.seq_len, global_batch_size=instances,
                                 micro_batch_size=cfg.micro_batch_size, rank=denv.rank,
                                 world_size=denv.world_size, seed=cfg.seed, device=device,
@@ -75,8 +75,7 @@ def build_trainer(cfg: Config, *, setup_logging: Callable[[int], None] = lambda 
         ledger.event("checkpoint_loaded", step=int(train.get("step", 0)), path=str(resume), kind=kind)
     own = resume is not None and resume.parent.resolve() == manager.dir.resolve()
     run_id = load_or_create_run_id(run_dir, train.get("wandb_run_id") if own else None) if denv.is_main else ""
-    tracker = MetricsTracker(world_size=denv.world_size, flops_per_token=backend.module.flops_per_token(
-        cfg.trainer.seq_len), peak_flops=cfg.cluster.peak_flops, z_loss_weight=cfg.trainer.z_loss, device=device)
+    tracker = MetricsTracker(world_size=denv.world_size, flops_per_token=backend.flops_per_token, peak_flops=cfg.cluster.peak_flops, z_loss_weight=cfg.trainer.z_loss, device=device)
     trainer = Trainer(cfg=cfg, backend=backend, loader=loader, manager=manager, tracker=tracker, device=device,
                       world_size=denv.world_size, rank=denv.rank, step=int(train.get("step", 0)),
                       tokens=int(train.get("tokens", 0)), wandb_run_id=run_id)
@@ -84,7 +83,7 @@ def build_trainer(cfg: Config, *, setup_logging: Callable[[int], None] = lambda 
     trainer.callbacks = _callbacks(cfg, denv, run_dir, run_id, ledger, watchdog, logged_through)
     log.info("world %d x micro-batch %d x %d accumulation = %d sequences of %d tokens per step; %s params; "
              "starting at step %d", denv.world_size, cfg.micro_batch_size, accum, instances, cfg.trainer.seq_len,
-             f"{backend.module.num_params():,}", trainer.step)
+             f"{backend.num_params:,}", trainer.step)
     return Parts(trainer=trainer, manager=manager, ledger=ledger, watchdog=watchdog)
 
 
