@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> None:
     record("filesystem", fs_info(run_dir))
     cfg = CheckpointConfig(interval=1, keep=1, async_save=True, write_threads=args.write_threads)
     mgr = CheckpointManager(cfg, run_dir, model_config=model.config)
-    timed_saves(mgr, model, opt, list(range(1, args.saves + 1)), device)
+    try:
+        timed_saves(mgr, model, opt, list(range(1, args.saves + 1)), device)
+    except Exception as e:  # noqa: BLE001 - record it and measure the rest from what was committed
+        record("async_save_error", f"{type(e).__name__}: {e}")
     ckpt = mgr.resume_path()
     size = dir_bytes(ckpt)
     record("checkpoint", {"path": str(ckpt), "gb": round(size / 1e9, 3)})

@@ -25,12 +25,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.staging import AsyncStager, BlockingAsyncStager
-
-try:  # torch >= 2.9: caches the (pinned) CPU copy between saves and skips pinning on CPU-only machines
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-except ImportError:
-    DefaultStager = StagingOptions = None  # type: ignore[assignment,misc]
 from torch.distributed.checkpoint.stateful import Stateful
 
 from olmo_train.checkpoint import layout
@@ -39,6 +33,7 @@ from olmo_train.checkpoint.manifest import (MANIFEST, TRAIN_FILE, build_manifest
                                             fsync_tree, read_manifest, redact_secrets, write_json_durably)
 from olmo_train.checkpoint.rng import load_rng, rng_file, save_rng
 from olmo_train.checkpoint.safe_reader import SafeFileSystemReader, SafeLoadPlanner, read_dcp_metadata, tensor_shapes
+from olmo_train.checkpoint.staging import CpuStager
 from olmo_train.checkpoint.state import TRAIN_KEY, check_fits, describe_config_diff, flatten_tensors, resolve
 from olmo_train.errors import CheckpointError
 
@@ -65,7 +60,7 @@ class CheckpointManager:
         self.world_size = dist.get_world_size() if self._dist else 1
         # A group of our own: the background writer's collectives never interleave with the trainer's.
         self._pg = dist.new_group(backend="gloo") if self._dist else None
-        self._stager: AsyncStager | None = None
+        self._stager: CpuStager | None = None
         self._thread: threading.Thread | None = None
         self._error: CheckpointError | None = None
         self.last_timings: dict[str, float] = {}
@@ -194,7 +189,7 @@ class CheckpointManager:
     def _stage(self, dcp_state: dict[str, Any]) -> dict[str, Any]:
         if self._stager is None:
             on_gpu = torch.cuda.is_available() and any(t.is_cuda for t in flatten_tensors(dcp_state).values())
-            self._stager = _make_stager(on_gpu)
+            self._stager = CpuStager(pin_memory=on_gpu)
         return self._stager.stage(dcp_state)
 
     def _write_and_commit(self, step: int, tmp: Path, dcp_state: dict[str, Any], ephemeral: bool,
@@ -307,20 +302,6 @@ class CheckpointManager:
         if self.rank == 0:
             log.info("loaded checkpoint %s (step %s)", path, train.get("step", (manifest or {}).get("step")))
         return train
-
-
-def _make_stager(on_gpu: bool) -> AsyncStager:
-    """Copies a state dict into CPU buffers kept between saves: pinned on GPU machines (fast device-to-host)."""
-    if DefaultStager is not None:
-        try:
-            return DefaultStager(StagingOptions(use_pinned_memory=on_gpu, use_shared_memory=False,
-                                                use_async_staging=False, use_non_blocking_copy=on_gpu))
-        except TypeError:  # an older StagingOptions without these fields
-            log.info("torch %s: DefaultStager options differ; staging with BlockingAsyncStager", torch.__version__)
-    if not on_gpu:
-        raise CheckpointError(f"async checkpoints on CPU need torch >= 2.9 (found {torch.__version__}); set "
-                              "checkpoint.async_save=false or upgrade torch")
-    return BlockingAsyncStager(cache_staged_state_dict=True)
 
 
 def _checked_manifest(path: Path) -> dict[str, Any] | None:

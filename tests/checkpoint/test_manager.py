@@ -229,3 +229,18 @@ def test_config_save_kind():
     cfg = CheckpointConfig(interval=100, ephemeral_interval=25)
     assert [cfg.save_kind(s) for s in (0, 25, 50, 100, 101)] == [None, "ephemeral", "ephemeral", "permanent", None]
     assert CheckpointConfig(interval=0).save_kind(1000) is None
+
+
+def test_stager_reuses_buffers_and_carries_new_values():
+    from olmo_train.checkpoint.staging import CpuStager
+
+    weight = torch.ones(4, 4)
+    stager = CpuStager(pin_memory=False)
+    first = stager.stage({"w": weight, "group": {"lr": 0.1, "betas": (0.9, 0.95)}})
+    assert first["w"].data_ptr() != weight.data_ptr() and torch.equal(first["w"], weight)
+    weight.add_(1.0)
+    second = stager.stage({"w": weight, "group": {"lr": 0.05, "betas": (0.9, 0.95)}})
+    assert second["w"].data_ptr() == first["w"].data_ptr(), "buffers are kept between saves"
+    assert torch.equal(second["w"], weight) and second["group"]["lr"] == 0.05
+    third = stager.stage({"w": torch.zeros(2), "group": {"lr": 0.05, "betas": (0.9, 0.95)}})
+    assert third["w"].shape == (2,), "a changed layout gets new buffers"
