@@ -3,7 +3,9 @@
 CHECKPOINT is a checkpoint directory (`RUN/checkpoints/step<N>`), a run's `checkpoints/` directory or a run
 directory (then its newest good checkpoint). The model's full state dict is read on one process, whatever world
 size saved it (DCP reassembles the shards; no pickled code runs), converted with `olmo_train.model.hf` using the
-model config recorded in the checkpoint's manifest, and written as config.json + safetensors.
+model config recorded in the checkpoint's manifest, and written as config.json + safetensors. DeepSpeed ZeRO-1/2
+checkpoints (written through `CheckpointManager.save_with`) export their module weights, read with
+`weights_only=True`.
 """
 
 import argparse
@@ -53,6 +55,29 @@ def read_model_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix(MODEL_PREFIX): value for key, value in state.items()}
 
 
+def read_deepspeed_model_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The module weights of a DeepSpeed ZeRO-1/2 checkpoint written through `save_with` (any tag directory),
+    in the engine's dtype (bf16 when trained in bf16: the fp32 master copy lives in the optimizer partitions)."""
+    files = sorted(checkpoint.glob("*/mp_rank_*_model_states.pt"))
+    if len(files) != 1:
+        raise CheckpointError(f"checkpoint {checkpoint} is not a DeepSpeed checkpoint this exporter reads: expected "
+                              f"one */mp_rank_00_model_states.pt, found {[str(f) for f in files]}")
+    try:
+        states = torch.load(files[0], map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - weights_only refuses anything but plain data
+        raise CheckpointError(f"{files[0]} cannot be read as plain data ({e})") from e
+    module = states.get("module") or {}
+    shapes = {k: tuple(v) for group in states.get("param_shapes") or [] for k, v in group.items()}
+    stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0)
+    partitioned = [k for k, shape in shapes.items() if k in module and tuple(module[k].shape) != shape]
+    if stage >= 3 or partitioned or not module:
+        raise CheckpointError(
+            f"{files[0]} holds ZeRO-{stage} partitioned weights, not full ones; exporting ZeRO-3 checkpoints is not "
+            "supported yet. Resume it with distributed=deepspeed and save once with distributed=fsdp2 or single "
+            "(or run DeepSpeed's zero_to_fp32.py on it if you trust the files), then export")
+    return {k: v for k, v in module.items() if isinstance(v, torch.Tensor)}
+
+
 def model_config_of(manifest: dict[str, Any], checkpoint: Path) -> Any:
     from olmo_train.model import OlmoHybridConfig
 
@@ -74,11 +99,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str | None 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(f"output directory {out} is not empty; choose a new one or pass --overwrite")
     manifest = verify(path)
-    if manifest["kind"] != "dcp":
-        raise CheckpointError(f"{path} is a '{manifest['kind']}' checkpoint (written through save_with, e.g. by "
-                              "DeepSpeed); only DCP checkpoints can be exported so far")
     cfg = model_config_of(manifest, path)
-    state = read_model_state_dict(path)
+    state = read_model_state_dict(path) if manifest["kind"] == "dcp" else read_deepspeed_model_state_dict(path)
     if dtype is not None:
         state = {k: v.to(_DTYPES[dtype]) for k, v in state.items()}
     save_state_dict_hf(state, cfg, out)

@@ -74,3 +74,39 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert done.returncode == 1
     assert "olmo-export-hf: error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def _save_deepspeed(rank: int, world_size: int, run_dir: str, stage: int) -> None:
+    import os
+
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    model = tiny_model()
+    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world_size,
+              "gradient_clipping": 1.0, "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+              "steps_per_print": 2**31 - 1}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
+                                      config=config)
+    engine.backward(engine(torch.randint(0, 100, (1, 16))).float().square().mean())
+    engine.step()
+    mgr = CheckpointManager(CheckpointConfig(), run_dir, model_config=model.config)
+    mgr.save_with(1, lambda d: engine.save_checkpoint(str(d), tag="ds", save_latest=False), train={})
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+                   str(Path(run_dir) / "trained.pt"))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_export_of_a_deepspeed_zero2_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("deepspeed")
+    run_distributed(_save_deepspeed, 2, str(tmp_path), 2)
+    export_hf(tmp_path, tmp_path / "hf")
+    ours = tiny_model().eval()
+    ours.load_state_dict(torch.load(tmp_path / "trained.pt", weights_only=True))
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, ours.config.vocab_size, (1, 21), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
