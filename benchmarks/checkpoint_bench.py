@@ -84,8 +84,9 @@ def timed_saves(mgr: CheckpointManager, model: OlmoHybrid, opt: torch.optim.Adam
         t1 = time.perf_counter()
         mgr.wait()
         t2 = time.perf_counter()
+        parts = {k: round(v, 3) for k, v in mgr.last_timings.items() if k in ("write_s", "commit_s", "retention_s")}
         record(f"async_save_step{step}", {"blocking_s": round(t1 - t0, 3), "background_s": round(t2 - t1, 3),
-                                          "total_s": round(t2 - t0, 3)})
+                                          "total_s": round(t2 - t0, 3), **parts})
 
 
 def run(args: argparse.Namespace) -> None:

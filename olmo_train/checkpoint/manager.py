@@ -86,6 +86,7 @@ class CheckpointManager:
         self.last_timings = {"blocking_s": time.perf_counter() - t0}
         if not self.cfg.async_save:
             self._write_and_commit(step, tmp, dcp_state, ephemeral, t0)
+            self.last_timings["blocking_s"] = self.last_timings["total_s"]  # training waited for all of it
             self._raise_pending()
             return
         self._thread = threading.Thread(target=self._write_and_commit, args=(step, tmp, dcp_state, ephemeral, t0),
@@ -196,8 +197,10 @@ class CheckpointManager:
                           t0: float) -> None:
         try:
             writer = FileSystemWriter(str(tmp), sync_files=True, thread_count=self.cfg.write_threads)
+            t_write = time.perf_counter()
             err = _attempt(lambda: dcp.save(dcp_state, storage_writer=writer,
-                                                  process_group=self._pg, no_dist=not self._dist))
+                                            process_group=self._pg, no_dist=not self._dist))
+            self.last_timings["write_s"] = time.perf_counter() - t_write
             if err is None:
                 self._finish(step, tmp, ephemeral, kind="dcp")
             else:
@@ -216,6 +219,7 @@ class CheckpointManager:
             self._fail(step, tmp, err)
 
     def _commit(self, step: int, tmp: Path, ephemeral: bool, kind: str) -> None:
+        t_commit = time.perf_counter()
         tensors = tensor_shapes(read_dcp_metadata(tmp)) if kind == "dcp" else None
         fsync_tree(tmp)
         manifest = build_manifest(tmp, step=step, kind=kind, ephemeral=ephemeral, world_size=self.world_size,
@@ -225,14 +229,17 @@ class CheckpointManager:
         tmp.rename(final)
         fsync_path(self.dir)
         log.info("committed checkpoint %s", final)
+        self.last_timings["commit_s"] = time.perf_counter() - t_commit
         try:
             layout.write_latest(self.dir, step)
         except OSError as e:
             log.warning("could not update %s (%s); resume still finds %s by scanning", self.dir / "latest", e, final)
+        t_retention = time.perf_counter()
         try:
             layout.apply_retention(self.dir, keep=self.cfg.keep, keep_every=self.cfg.keep_every)
         except OSError as e:
             log.warning("retention in %s failed (%s); older checkpoints stay until the next save", self.dir, e)
+        self.last_timings["retention_s"] = time.perf_counter() - t_retention
 
     def _fail(self, step: int, tmp: Path, err: str) -> None:
         if self.rank == 0:
