@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from olmo_train.errors import ConfigError
+from olmo_train.launch.profile import load_profile
+from olmo_train.launch.slurm_job import master_port, max_restarts, resubmit_args, slurm_time
+
+
+def test_builtin_and_file_profiles(tmp_path):
+    assert load_profile("h100", tmp_path).procs_per_node == 8
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "b200.yaml").write_text(yaml.safe_dump({"name": "b200", "gpus_per_node": 4,
+                                                                     "nodes": 128}))
+    p = load_profile("b200", tmp_path)
+    assert (p.nodes, p.gpus_per_node, p.procs_per_node, p.hardware) == (128, 4, 4, "b200")
+    (tmp_path / "cluster" / "mi300.yaml").write_text(yaml.safe_dump({"gpus_per_node": 8}))
+    assert load_profile("mi300", tmp_path).hardware == "mi300"
+    with pytest.raises(ConfigError, match="cluster=nope"):
+        load_profile("nope", tmp_path)
+
+
+def test_repository_profiles_load():
+    for name in ("cpu", "h100", "b200"):
+        assert load_profile(name).hardware == name
+
+
+def test_slurm_time_and_port():
+    assert slurm_time("Unknown") is None and slurm_time(None) is None
+    assert slurm_time("2026-11-23T13:37:22") % 60 == 22
+    assert master_port("12345", None) != master_port("12345", "1")
+    assert all(20000 <= master_port(str(j), "3") < 40000 for j in range(0, 100000, 777))
+
+
+def test_max_restarts_sources(tmp_path):
+    assert max_restarts(["resilience.max_restarts=7"], tmp_path) == 7
+    (tmp_path / "config.yaml").write_text("# header\nresilience:\n  max_restarts: 2\n")
+    assert max_restarts(["trainer.max_steps=5"], tmp_path) == 2
+    assert max_restarts([], tmp_path / "none") == 5
+
+
+def test_resubmit_args_recreate_the_job():
+    job = {"NumNodes": "2", "JobName": "olmo-train", "Partition": "gpu", "TimeLimit": "2-00:00:00",
+           "TresPerNode": "gres:gpu:8", "StdOut": "/logs/x.out", "Account": "(null)"}
+    args = resubmit_args(job, ["n3", "n7"], "42")
+    assert "--exclude=n3,n7" in args and "--dependency=afterany:42" in args and "--gres=gpu:8" in args
+    assert "--time=2-00:00:00" in args and "--partition=gpu" in args and "--output=/logs/x.out" in args
+    assert not any(a.startswith("--account") for a in args)
