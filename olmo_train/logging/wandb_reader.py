@@ -92,3 +92,20 @@ def run_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
 def read_run_history(wandb_dir: str | Path, run_id: str) -> list[dict]:
     """History rows of every attempt of run `run_id`, attempts in order."""
     return [row for path in run_files(wandb_dir, run_id) for row in read_history(path)]
+
+
+def wait_until_finished(path: str | Path, timeout_s: float = 60.0) -> bool:
+    """Waits until a `.wandb` file holds its `exit` record. W&B's `finish()` returns before its service process
+    has written the file out (measured: a 100 kB record still missing right after it); True once complete."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+                return True
+        except (OSError, WandbFileError):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)

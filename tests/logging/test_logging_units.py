@@ -4,7 +4,8 @@ import pytest
 
 from olmo_train.logging.jsonl import MetricsFile, read_metrics
 from olmo_train.logging.secrets import MASK, is_secret_name, redact, redact_text
-from olmo_train.logging.wandb_reader import WandbFileError, read_history, read_records, run_files
+from olmo_train.logging.wandb_reader import (WandbFileError, read_history, read_records, run_files,
+                                            wait_until_finished)
 from olmo_train.logging.wandb_run import load_or_create_run_id, resolve_mode
 
 
@@ -58,14 +59,19 @@ def offline_run(tmp_path_factory):
     for step in range(5):
         run.log({"loss": 1.0 / (step + 1), "nested": {"a": step}}, step=step)
     run.finish()
-    return run_files(root / "wandb", "rdr1")[0]
+    path = run_files(root / "wandb", "rdr1")[0]
+    assert wait_until_finished(path)
+    return path
 
 
 def test_reader_reads_history_and_records_spanning_blocks(offline_run):
     rows = read_history(offline_run)
     assert [r["_step"] for r in rows] == [0, 1, 2, 3, 4] and rows[2]["loss"] == pytest.approx(1 / 3)
-    runs = [r for r in read_records(offline_run) if r.WhichOneof("record_type") == "run"]
-    big = [json.loads(item.value_json) for r in runs for item in r.run.config.update if item.key == "big"]
+    updates = []  # W&B puts the initial config in the run record, later changes in config records
+    for r in read_records(offline_run):
+        kind = r.WhichOneof("record_type")
+        updates += list(r.run.config.update) if kind == "run" else list(r.config.update) if kind == "config" else []
+    big = [json.loads(item.value_json) for item in updates if item.key == "big"][:1]
     assert big == ["x" * 100_000]  # a 100 kB record crosses 32 KiB blocks
 
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from olmo_train.logging.wandb_reader import read_run_history, run_files
+from olmo_train.logging.wandb_reader import read_run_history, run_files, wait_until_finished
 from tests.train import launch
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,8 @@ def test_preempted_run_has_one_wandb_loss_per_step(tmp_path):
     launch.run(tmp_path, 0, *opts, **SECRETS)
 
     run_id = (tmp_path / "wandb" / "run_id").read_text().strip()
-    assert len(run_files(tmp_path / "wandb", run_id)) == 2
+    files = run_files(tmp_path / "wandb", run_id)
+    assert len(files) == 2 and all(wait_until_finished(f) for f in files)
     history = read_run_history(tmp_path / "wandb", run_id)
     steps = [row["_step"] for row in history if "loss" in row]
     assert steps == list(range(1, 11))
