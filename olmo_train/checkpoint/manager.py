@@ -261,7 +261,11 @@ class CheckpointManager:
             return err
         errors: list[str | None] = [None] * self.world_size
         dist.all_gather_object(errors, err, group=self._pg)
-        return next((f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None), None)
+        first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+        if first is None:
+            return None
+        rank, error = first
+        return error if error.startswith("rank ") else f"rank {rank}: {error}"  # DCP already names the rank
 
     def _from_rank0(self, fn: Callable[[], Any]) -> Any:
         """fn() run on rank 0, its result (or its CheckpointError) on every rank."""

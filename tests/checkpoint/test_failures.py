@@ -110,3 +110,30 @@ def test_load_refuses_a_tampered_shard_object(tmp_path):
     with pytest.raises(CheckpointError, match="extra.obj.*would need to run code"):
         mgr.load(path, {"model": target.state_dict(), "extra": {"obj": 0}})
     assert not MARKER.exists()
+
+
+def _one_rank_runs_out_of_space(rank: int, world_size: int, run_dir: str) -> None:
+    model, opt = trained()
+    mgr = CheckpointManager(CheckpointConfig(async_save=True), run_dir)
+    mgr.save(10, training_state(model, opt))
+    mgr.wait()
+    if rank == 1:
+        manager_module.FileSystemWriter = FullDiskWriter
+    mgr.save(20, training_state(model, opt))
+    try:
+        mgr.wait()
+    except CheckpointError as e:
+        assert "rank 1: no space left on device" in str(e) and "previous checkpoint (step10)" in str(e), str(e)
+    else:
+        raise AssertionError(f"rank {rank}: the failed save was not reported")
+    manager_module.FileSystemWriter = FileSystemWriter
+    mgr.save(30, training_state(model, opt))  # the group is still usable: no rank hangs
+    mgr.close()
+
+
+@pytest.mark.distributed
+def test_a_full_disk_on_one_rank_fails_the_save_on_every_rank(tmp_path):
+    from tests.helpers.distributed import run_distributed
+
+    run_distributed(_one_rank_runs_out_of_space, 2, str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step10", "step30"]
