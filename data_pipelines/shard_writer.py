@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from data_pipelines.fast_bpe import make_encoder
+
 SIDECAR_SUFFIX = ".json"  # olmo_train.data.memmap reads what this writes
 
 
@@ -56,9 +58,23 @@ def encode_documents(tok: Tokenizer, texts: list[str], eos_id: int, dtype: np.dt
     return out, len(ids_per_doc)
 
 
-def encode_shard(tok: Tokenizer, out_dir: str, shard: ShardPlan, texts: list[str], job: dict[str, Any],
-                  job_hash: str) -> dict[str, Any]:
-    tokens, num_docs = encode_documents(tok, texts, job["eos_token_id"], np.dtype(job["dtype"]))
+class ShardEncoder:
+    """The tokenizer plus, for byte-level BPEs, the exact fast path (data_pipelines/fast_bpe.py)."""
+
+    def __init__(self, tok: Tokenizer, fast: bool = True) -> None:
+        self.tok = tok
+        self.fast = make_encoder(tok) if fast else None
+
+    def encode(self, texts: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, int]:
+        if self.fast is None:
+            return encode_documents(self.tok, texts, eos_id, dtype)
+        tokens, num_docs = self.fast.encode(texts, eos_id)
+        return tokens.astype(dtype), num_docs
+
+
+def encode_shard(encoder: ShardEncoder, out_dir: str, shard: ShardPlan, texts: list[str], job: dict[str, Any],
+                 job_hash: str) -> dict[str, Any]:
+    tokens, num_docs = encoder.encode(texts, job["eos_token_id"], np.dtype(job["dtype"]))
     path = os.path.join(out_dir, shard.file)
     write_atomic(path, tokens)
     meta = {**asdict(shard), "num_tokens": int(tokens.size), "num_documents": num_docs,
@@ -68,15 +84,15 @@ def encode_shard(tok: Tokenizer, out_dir: str, shard: ShardPlan, texts: list[str
     return meta
 
 
-_WORKER_TOKENIZER: Tokenizer | None = None
+_WORKER_ENCODER: ShardEncoder | None = None
 
 
-def init_worker(tokenizer_json: str) -> None:
-    global _WORKER_TOKENIZER
+def init_worker(tokenizer_json: str, fast: bool) -> None:
+    global _WORKER_ENCODER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no nested thread pools
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
+    _WORKER_ENCODER = ShardEncoder(Tokenizer.from_str(tokenizer_json), fast)
 
 
 def worker_encode_shard(*args: Any) -> dict[str, Any]:
-    assert _WORKER_TOKENIZER is not None
-    return encode_shard(_WORKER_TOKENIZER, *args)
+    assert _WORKER_ENCODER is not None
+    return encode_shard(_WORKER_ENCODER, *args)

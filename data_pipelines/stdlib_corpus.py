@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
 from tokenizers import Tokenizer
 
 from data_pipelines.tokenize import tokenize_to_shards
@@ -107,6 +106,8 @@ def build_stdlib_corpus(cache_dir: str | os.PathLike, *, tokenizer: str | None =
     out_dir = _stdlib_dir(cache_dir, max_chars) / f"tokens-{tokenizer_hash(tok)}"
     with _locked(out_dir):
         if not (out_dir / METADATA_NAME).is_file():
+            import datasets  # heavy: imported here so that spawned tokenizer workers start fast
+
             docs = stdlib_documents(max_chars)
             dataset = datasets.Dataset.from_dict({"text": docs})
             tokenize_to_shards(dataset, str(out_dir), tok, docs_per_shard=_DOCS_PER_SHARD, num_workers=num_workers,

@@ -16,17 +16,20 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from data_pipelines.shard_writer import ShardPlan, encode_shard, init_worker, worker_encode_shard, write_atomic
+from data_pipelines.shard_writer import (ShardEncoder, ShardPlan, encode_shard, init_worker, worker_encode_shard,
+                                         write_atomic)
 from data_pipelines.tokenizer import eos_token_id, tokenizer_hash, vocab_size
 from olmo_train.data.memmap import FORMAT_VERSION, METADATA_NAME, SIDECAR_SUFFIX, read_json
 from olmo_train.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -41,6 +44,8 @@ def plan_shards(num_docs: int, docs_per_shard: int) -> list[ShardPlan]:
 def load_text_dataset(inputs: list[str], *, text_field: str = "text", split: str = "train",
                       name: str | None = None) -> datasets.Dataset:
     """Local jsonl / json / parquet / text files (all of one kind), or one hub dataset id."""
+    import datasets  # heavy: imported here so that spawned tokenizer workers start fast
+
     looks_local = [p for p in inputs if os.path.exists(p) or glob.has_magic(p) or p.startswith((".", "/", "~"))
                    or os.path.splitext(p)[1] in FILE_BUILDERS]
     local = [p for p in looks_local if os.path.exists(p) or glob.has_magic(p)]
@@ -93,15 +98,16 @@ def _job(dataset: datasets.Dataset, tok: Tokenizer, *, text_field: str, docs_per
 
 
 def _run_shards(todo: list[ShardPlan], texts_of: Callable[[ShardPlan], list[str]], tok: Tokenizer,
-                num_workers: int, args: tuple) -> Iterator[dict[str, Any]]:
+                num_workers: int, fast: bool, args: tuple) -> Iterator[dict[str, Any]]:
     """Encodes and writes the shards, yielding each sidecar as it completes (in-process or in spawned workers)."""
     if num_workers <= 1:
+        encoder = ShardEncoder(tok, fast)
         for shard in todo:
-            yield encode_shard(tok, args[0], shard, texts_of(shard), *args[1:])
+            yield encode_shard(encoder, args[0], shard, texts_of(shard), *args[1:])
         return
     ctx = mp.get_context("spawn")  # forking a process that has used tokenizers' thread pool can deadlock
     with ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=init_worker,
-                             initargs=(tok.to_str(),)) as pool:
+                             initargs=(tok.to_str(), fast)) as pool:
         pending: set[Future] = set()
         queue = list(todo)
         while queue or pending:
@@ -116,12 +122,13 @@ def _run_shards(todo: list[ShardPlan], texts_of: Callable[[ShardPlan], list[str]
 def tokenize_to_shards(dataset: datasets.Dataset, out_dir: str, tok: Tokenizer, *, text_field: str = "text",
                        docs_per_shard: int = 10_000, num_workers: int = 1, source: str = "",
                        eos: str | None = None, tokenizer_spec: str = "", overwrite: bool = False,
-                       progress: bool = True, on_shard_done: Callable[[dict[str, Any]], None] | None = None,
-                       ) -> dict[str, Any]:
+                       progress: bool = True, fast: bool = True,
+                       on_shard_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Tokenizes `dataset[text_field]` into `out_dir`; returns the dataset metadata (also in metadata.json).
 
     num_workers: processes (spawned), each encoding whole shards; 1 = in this process (tokenizers' own thread
-    pool then follows TOKENIZERS_PARALLELISM). on_shard_done(sidecar) is called after each completed shard.
+    pool then follows TOKENIZERS_PARALLELISM). fast: use the exact fast path for byte-level BPEs
+    (data_pipelines/fast_bpe.py; same bytes). on_shard_done(sidecar) is called after each completed shard.
     """
     os.makedirs(out_dir, exist_ok=True)
     job = _job(dataset, tok, text_field=text_field, docs_per_shard=docs_per_shard, source=source, eos=eos)
@@ -137,7 +144,7 @@ def tokenize_to_shards(dataset: datasets.Dataset, out_dir: str, tok: Tokenizer, 
                unit="doc", desc=f"tokenize {source or out_dir}", disable=not progress)
     tokens, t0 = 0, time.perf_counter()
     for sidecar in _run_shards(todo, lambda s: dataset[s.doc_start:s.doc_end][text_field], tok, num_workers,
-                               (out_dir, job, job_hash)):
+                               fast, (out_dir, job, job_hash)):
         tokens += sidecar["num_tokens"]
         bar.update(sidecar["doc_end"] - sidecar["doc_start"])
         bar.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - t0):.3g}")
