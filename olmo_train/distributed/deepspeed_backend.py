@@ -103,10 +103,15 @@ class DeepSpeedBackend(Backend):
                 raise CheckpointError(f"checkpoint {path} was not written by distributed=deepspeed (no {DS_TAG}/ "
                                       "inside); resume it with the backend that wrote it (fsdp2 or single)")
             load_dir, tag = (self._universal_dir(path), "universal") if self.universal else (path, DS_TAG)
+            # DeepSpeed's universal load (ZeRO-3, 0.19.8) copies group 0's hyper-parameters into every group,
+            # which would put weight decay on the embedding: keep our groups' own settings.
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.model.optimizer.param_groups]
             loaded, _ = self.model.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                                    load_lr_scheduler_states=False)
             if loaded is None:
                 raise CheckpointError(f"DeepSpeed found nothing to load in {load_dir / tag}")
+            for group, own in zip(self.model.optimizer.param_groups, hyper, strict=True):
+                group.update(own)
 
         return manager.load_with(path, read)
 

@@ -18,6 +18,11 @@ MIGRATION_RTOL = 1e-6
 # fsdp2 vs DeepSpeed ZeRO-3: the same math, but DeepSpeed computes the gradient norm (hence the clip factor) in
 # float64 and another order; measured max relative loss difference over 10 steps 3.3e-7. Tolerance: ~15x that.
 BACKEND_RTOL = 5e-6
+# DeepSpeed at another world size goes through its universal checkpoint. Weights load exactly and a universal
+# round trip at the same world size restores the optimizer state exactly, but 2 -> 1 ranks the continued losses
+# drift (measured 6.6e-4 relative over steps 7-10, vs 6.3e-8 for fsdp2): DeepSpeed's ZeRO-3 merge of
+# the Adam moments is suspect. Tolerance: ~4.5x the measured drift; see benchmarks/RESULTS.md.
+DS_MIGRATION_RTOL = 3e-3
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +68,21 @@ def test_fsdp2_and_deepspeed_zero3_agree_in_float32(reference):
     assert fsdp2[10] < fsdp2[1] - 0.1  # and it learns
 
 
-@pytest.mark.parametrize("nproc,overrides", [
-    (1, ["trainer.micro_batch_size=4", "cluster=h100", "cluster.device=cpu"]),
-    (4, ["trainer.micro_batch_size=1", "cluster=b200", "cluster.device=cpu"]),
-], ids=["ws1-mb4-h100", "ws4-mb1-b200"])
-def test_checkpoint_continues_at_another_world_size(nproc, overrides, reference, tmp_path):
-    ref = reference("fsdp2")
-    launch.run(tmp_path, nproc, "distributed=fsdp2", f"checkpoint.load_path={ref / 'checkpoints' / 'step6'}",
+@pytest.mark.parametrize("backend,nproc,overrides,rtol", [
+    ("fsdp2", 1, ["trainer.micro_batch_size=4", "cluster=h100", "cluster.device=cpu"], MIGRATION_RTOL),
+    ("fsdp2", 4, ["trainer.micro_batch_size=1", "cluster=b200", "cluster.device=cpu"], MIGRATION_RTOL),
+    ("deepspeed", 1, ["trainer.micro_batch_size=4", "cluster=h100", "cluster.device=cpu"], DS_MIGRATION_RTOL),
+], ids=["fsdp2-ws1-mb4-h100", "fsdp2-ws4-mb1-b200", "deepspeed-universal-ws1-mb4"])
+def test_checkpoint_continues_at_another_world_size(backend, nproc, overrides, rtol, reference, tmp_path):
+    ref = reference(backend)
+    launch.run(tmp_path, nproc, f"distributed={backend}", f"checkpoint.load_path={ref / 'checkpoints' / 'step6'}",
                *overrides)
     got, want = launch.losses(tmp_path), launch.losses(ref)
     assert sorted(got) == [7, 8, 9, 10]
+    assert got[7] == pytest.approx(want[7], rel=1e-6)  # the loaded weights themselves are exact
     worst = max(abs(got[s] - want[s]) / abs(want[s]) for s in got)
-    print(f"world size {nproc}: max relative loss difference {worst:.3g}")
-    assert worst <= MIGRATION_RTOL
+    print(f"{backend} world size {nproc}: max relative loss difference {worst:.3g}")
+    assert worst <= rtol
     config = (tmp_path / "config.yaml").read_text()
     assert f"name: {overrides[1].split('=')[1]}" in config
     events = [json.loads(line) for line in (tmp_path / "goodput/events.jsonl").read_text().splitlines()]
