@@ -105,10 +105,21 @@ class MixedDataset:
         return np.stack([self.sources[s].read(int(i)) for s, i in zip(src, local)]) if len(src) else \
             np.empty((0, self.seq_len + 1), dtype=np.int64)
 
-    def max_token_id(self, cache_dir: str | None) -> tuple[int, str]:
-        """(largest token id, the file holding it) over every file of every source."""
-        best = max((max_token_id(f, cache_dir), f.path) for s in self.sources for f in s.files)
-        return best
+    def max_token_id(self, cache_dir: str | None, *, scan: bool = True) -> tuple[int, str]:
+        """(largest token id, the file holding it) over every file; scan=False skips files without metadata."""
+        known = [(max_token_id(f, cache_dir), f.path) for s in self.sources for f in s.files
+                 if scan or f.max_token_id is not None]
+        return max(known) if known else (-1, "")
+
+    @property
+    def has_unscanned_files(self) -> bool:
+        return any(f.max_token_id is None for s in self.sources for f in s.files)
+
+    def file_of(self, sample: int, seed: int) -> str:
+        """The token file global sample `sample` is read from."""
+        src, local = self.locate(np.array([sample]), seed)
+        source = self.sources[int(src[0])]
+        return source.files[int(np.searchsorted(source.starts, int(local[0]), side="right")) - 1].path
 
 
 def check_consistent(files: list[TokenFile], where: str) -> None:

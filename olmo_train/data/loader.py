@@ -48,6 +48,7 @@ class TrainLoader:
         self._base_step, self._base_instance = 0, 0
         self.next_step = 0
         self._vocab_needed: int | None = None
+        self._vocab_limit: int | None = None  # set by check_vocab when raw files must be checked as read
 
     @property
     def vocab_size_needed(self) -> int:
@@ -57,12 +58,26 @@ class TrainLoader:
         return self._vocab_needed
 
     def check_vocab(self, vocab_size: int) -> None:
-        """DataError if any token id (or the EOS id) is >= the model's vocab_size, naming the file."""
-        top, path = self.dataset.max_token_id(self.cache_dir)
+        """DataError if a token id (or the EOS id) is >= the model's vocab_size, naming the file. Files with
+        metadata are checked now; raw files without it are checked batch by batch as they are read (a full scan
+        of a large raw corpus at start-up would take hours; `vocab_size_needed` does scan)."""
+        top, path = self.dataset.max_token_id(self.cache_dir, scan=False)
         if top >= vocab_size or self.eos_token_id >= vocab_size:
-            raise DataError(f"token id {max(top, self.eos_token_id)} (in {path}) is >= the model's vocab_size "
-                            f"{vocab_size}: data and model use different tokenizers. Fix: a model with "
-                            f"vocab_size >= {max(top, self.eos_token_id) + 1}, or data tokenized for this model.")
+            bad = max(top, self.eos_token_id)
+            raise DataError(f"token id {bad} (in {path or 'the EOS id'}) is >= the model's vocab_size {vocab_size}: "
+                            f"data and model use different tokenizers. Fix: a model with vocab_size >= {bad + 1}, "
+                            f"or data tokenized for this model.")
+        self._vocab_limit = vocab_size if self.dataset.has_unscanned_files else None
+
+    def _check_rows(self, tokens: np.ndarray, samples: np.ndarray) -> None:
+        """tokens [n, T + 1]: DataError naming the file of the first row holding an id >= the vocab limit."""
+        if self._vocab_limit is None or tokens.size == 0 or tokens.max() < self._vocab_limit:
+            return
+        row = int(np.flatnonzero((tokens >= self._vocab_limit).any(axis=1))[0])
+        path = self.dataset.file_of(int(samples[row]), self.seed)
+        raise DataError(f"token id {int(tokens[row].max())} in {path} is >= the model's vocab_size "
+                        f"{self._vocab_limit}: data and model use different tokenizers. Fix: a model with a larger "
+                        f"vocab_size, or data tokenized for this model.")
 
     @property
     def num_micro_batches(self) -> int:
@@ -87,6 +102,7 @@ class TrainLoader:
     def _build(self, step: int) -> list[Batch]:
         samples = self.rank_samples(step)
         tokens = self.dataset.read_train(samples, self.seed)  # [G / W, T + 1]
+        self._check_rows(tokens, samples)
         mb = self.micro_batch_size
         return [make_batch(tokens[i:i + mb], samples[i:i + mb], self.eos_token_id,
                            document_mask=self.document_mask, mask_document_ends=self.mask_document_ends)

@@ -137,6 +137,9 @@ def _expand(spec: str, base_dir: str | None) -> list[str]:
             meta = read_json(meta_path)
             return [os.path.join(spec, s["file"]) for s in meta["shards"]]
         files = sorted(glob.glob(os.path.join(spec, "*.npy")))
+        if any(read_json(f + SIDECAR_SUFFIX).get("job") for f in files[:1] if os.path.isfile(f + SIDECAR_SUFFIX)):
+            raise DataError(f"directory {spec} holds olmo-tokenize shards but no {METADATA_NAME}: the tokenisation "
+                            f"did not finish. Fix: re-run the same olmo-tokenize command (it resumes).")
         if not files:
             raise DataError(f"directory {spec} holds no {METADATA_NAME} and no *.npy token files. "
                             f"Fix: point at the output directory of olmo-tokenize or at token files.")

@@ -98,3 +98,23 @@ def test_empty_globs_and_dirs(tmp_path, spec, match):
     (tmp_path / "dir").mkdir()
     with pytest.raises(DataError, match=match):
         _build([str(tmp_path / spec)])
+
+
+def test_raw_files_are_checked_against_the_vocab_as_they_are_read(tmp_path):
+    tokens = synthetic_tokens(1600, high=500, dtype="uint32")
+    tokens[805] = 70_000  # in instance 50 of 100
+    path = write_tokens(str(tmp_path / "raw.npy"), tokens, sidecar=False)
+    ld = build_train_loader(DataConfig(sources=[path], eos_token_id=0, validation_fraction=0.0, prefetch=0),
+                            seq_len=16, global_batch_size=10, micro_batch_size=10, rank=0, world_size=1, seed=0,
+                            vocab_size=8192)  # no full scan at start-up
+    with pytest.raises(DataError, match=r"token id 70000 in .*raw.npy is >= the model's vocab_size 8192"):
+        for step in range(10):  # one pass: the bad instance is read in one of these steps
+            ld.micro_batches(step)
+
+
+def test_unfinished_tokenisation_dir_is_an_error(tmp_path):
+    write_tokens(str(tmp_path / "part-00000.npy"), synthetic_tokens(100))
+    with open(tmp_path / "part-00000.npy.json", "w") as fh:
+        fh.write('{"job": "abc", "dtype": "uint16", "num_tokens": 100}')
+    with pytest.raises(DataError, match="tokenisation did not finish.*re-run"):
+        _build([str(tmp_path)])
