@@ -109,7 +109,7 @@ class Watchdog:
         idle = time.monotonic() - self.last_beat
         msg = (f"watchdog: no heartbeat for {idle:.1f} s (last step {self.step}); dumping all thread stacks and "
                f"exiting with code {self.exit_code}")
-        if logging.getLogger().handlers:  # else logging would print it to stderr a second time
+        if logging.getLogger().handlers:  # the log file gets it too (else logging would print it twice)
             log.error(msg)
         try:
             print(msg, file=self.stream, flush=True)
