@@ -46,9 +46,14 @@ def _block_seed(seed: int, name: str, block: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _generator(seed: int, name: str, block: int) -> torch.Generator:
+    """A CPU generator (explicitly: a `with torch.device("cuda")` block would otherwise move it)."""
+    return torch.Generator(device="cpu").manual_seed(_block_seed(seed, name, block))
+
+
 def _draw(spec: InitSpec, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """A float32 CPU tensor of `shape` drawn per `spec`."""
-    out = torch.empty(shape, dtype=torch.float32)
+    out = torch.empty(shape, dtype=torch.float32, device="cpu")
     if spec.kind == "ones":
         return out.fill_(1.0)
     if spec.kind == "normal":
@@ -67,18 +72,18 @@ def _draw(spec: InitSpec, shape: tuple[int, ...], gen: torch.Generator) -> torch
 def full_rows(spec: InitSpec, seed: int, name: str, shape: tuple[int, ...], start: int, stop: int) -> torch.Tensor:
     """Rows [start, stop) along dim 0 of the full tensor `shape` that (seed, name) defines, float32 on CPU."""
     if len(shape) == 0:
-        return _draw(spec, (1,), torch.Generator().manual_seed(_block_seed(seed, name, 0)))[0]
+        return _draw(spec, (1,), _generator(seed, name, 0))[0]
     row_elems = math.prod(shape[1:])
     rows_per_block = max(1, _BLOCK_ELEMENTS // max(row_elems, 1))
     parts = []
     for block in range(start // rows_per_block, (stop - 1) // rows_per_block + 1 if stop > start else 0):
         b0 = block * rows_per_block
         b1 = min(b0 + rows_per_block, shape[0])
-        gen = torch.Generator().manual_seed(_block_seed(seed, name, block))
+        gen = _generator(seed, name, block)
         values = _draw(spec, (b1 - b0, *shape[1:]), gen)
         parts.append(values[max(start, b0) - b0:min(stop, b1) - b0])
     if not parts:
-        return torch.empty((0, *shape[1:]))
+        return torch.empty((0, *shape[1:]), device="cpu")
     return torch.cat(parts)
 
 

@@ -9,6 +9,10 @@ Names: `embed` <-> `model.embed_tokens`, `norm` <-> `model.norm`, `lm_head` <-> 
     attention block:  attn -> self_attn, attn_norm -> post_attention_layernorm, mlp_norm -> post_feedforward_layernorm
     GDN block:        gdn -> linear_attn, gdn_norm -> input_layernorm,         mlp_norm -> post_attention_layernorm
 Everything below those (q_proj, conv1d.weight, A_log, ...) keeps its name and shape.
+
+Those are transformers' in-memory names. On disk, transformers (and the released checkpoint) store two norms under
+other names (input_layernorm as attention_layer_norm, post_attention_layernorm as feedforward_layer_norm) and the
+short conv as three tensors q_conv1d, k_conv1d, v_conv1d; `save_hf` writes that layout, `load_hf` reads either.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ _TOP_RENAMES = {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": 
 _HF_KIND = {"attn": "full_attention", "gdn": "linear_attention"}
 _HF_IGNORED = re.compile(r"^mtp\.|rotary_emb\.")  # HF's multi-token-prediction heads and rope buffers
 SAFETENSORS_NAME, INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
+_DISK_NORMS = {"input_layernorm": "attention_layer_norm", "post_attention_layernorm": "feedforward_layer_norm"}
+_CONV_PARTS = ("q_conv1d", "k_conv1d", "v_conv1d")
 
 
 # ---- configs ---------------------------------------------------------------------------------------------
@@ -169,6 +175,43 @@ def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
+def hf_to_disk_layout(state_dict: dict[str, torch.Tensor], cfg: OlmoHybridConfig) -> dict[str, torch.Tensor]:
+    """transformers' in-memory names -> its on-disk layout (what save_pretrained writes; the released files)."""
+    out = {}
+    key_dim = cfg.gdn_n_heads * cfg.gdn_head_k_dim
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".linear_attn.conv1d.")
+        if leaf == "weight":  # [2 Kd + Vd, 1, W] -> q, k [Kd, 1, W] and v [Vd, 1, W]
+            for part, chunk in zip(_CONV_PARTS, value.split([key_dim, key_dim, value.shape[0] - 2 * key_dim])):
+                out[f"{prefix}.linear_attn.{part}.weight"] = chunk
+            continue
+        m = re.fullmatch(r"(model\.layers\.\d+\.)([^.]+)(\..+)", key)
+        if m and m.group(2) in _DISK_NORMS:
+            key = m.group(1) + _DISK_NORMS[m.group(2)] + m.group(3)
+        out[key] = value
+    return out
+
+
+def hf_from_disk_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `hf_to_disk_layout`; in-memory names pass through unchanged."""
+    memory_norms = {v: k for k, v in _DISK_NORMS.items()}
+    out, convs = {}, {}
+    for key, value in state_dict.items():
+        m = re.fullmatch(r"(.+\.linear_attn\.)(q_conv1d|k_conv1d|v_conv1d)\.weight", key)
+        if m:
+            convs.setdefault(m.group(1), {})[m.group(2)] = value
+            continue
+        m = re.fullmatch(r"(model\.layers\.\d+\.)([^.]+)(\..+)", key)
+        if m and m.group(2) in memory_norms:
+            key = m.group(1) + memory_norms[m.group(2)] + m.group(3)
+        out[key] = value
+    for prefix, parts in convs.items():
+        if set(parts) != set(_CONV_PARTS):
+            raise CheckpointError(f"{prefix}: has conv weights {sorted(parts)}, needs all of {list(_CONV_PARTS)}")
+        out[f"{prefix}conv1d.weight"] = torch.cat([parts[p] for p in _CONV_PARTS], dim=0)
+    return out
+
+
 # ---- directories -----------------------------------------------------------------------------------------
 
 
@@ -199,7 +242,7 @@ def save_state_dict_hf(state_dict: dict[str, torch.Tensor], cfg: OlmoHybridConfi
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in to_hf_state_dict(state_dict).items()}
+    tensors = {k: v.contiguous() for k, v in hf_to_disk_layout(to_hf_state_dict(state_dict), cfg).items()}
     dtype = next(iter(tensors.values())).dtype
     (out / "config.json").write_text(json.dumps(to_hf_config(cfg, dtype), indent=2) + "\n")
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -251,7 +294,7 @@ def load_hf(path: str | Path, *, device: str | torch.device = "cpu", dtype: torc
     if not (root / "config.json").exists():
         raise CheckpointError(f"{root / 'config.json'} is missing; load_hf needs an HF checkpoint directory")
     cfg = from_hf_config(json.loads((root / "config.json").read_text()))
-    state = from_hf_state_dict(read_hf_state_dict(root))
+    state = from_hf_state_dict(hf_from_disk_layout(read_hf_state_dict(root)))
     with torch.device("meta"):
         model = OlmoHybrid(cfg)
     expected = set(model.state_dict())

@@ -48,13 +48,13 @@ def make_packing(doc_lens: torch.Tensor | None, batch: int, seq_len: int,
     if total != batch * seq_len:
         raise DataError(f"doc_lens sums to {total} but the batch holds {batch} x {seq_len} = {batch * seq_len} "
                         "tokens; give the length of every document of input_ids.view(-1), in order")
-    row_ends = torch.arange(1, batch + 1) * seq_len
+    row_ends = torch.arange(1, batch + 1, device="cpu") * seq_len
     if not bool(torch.isin(row_ends, cu).all()):
         raise DataError(f"a document in doc_lens crosses a row end (rows are {seq_len} tokens long); cut "
                         "documents at row ends so each row is a whole number of documents")
     starts = cu[:-1].repeat_interleave(lens)  # [B * T]
-    flat_pos = torch.arange(total) - starts
-    doc_ids = torch.arange(lens.numel()).repeat_interleave(lens)
+    flat_pos = torch.arange(total, device="cpu") - starts
+    doc_ids = torch.arange(lens.numel(), device="cpu").repeat_interleave(lens)
     return Packing(cu_seqlens=cu.to(device), cu_seqlens_cpu=cu, max_len=int(lens.max()),
                    positions=flat_pos.view(batch, seq_len).to(device),
                    doc_ids=doc_ids.view(batch, seq_len).to(device))
