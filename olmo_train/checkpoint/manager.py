@@ -102,7 +102,8 @@ class CheckpointManager:
         tmp = self._begin(step)
         if tmp is None:
             return
-        self._agree(_attempt(lambda: (self._write_small(tmp, train_json), write_fn(tmp))), step, tmp)
+        self._agree(_attempt(lambda: (self._write_small(tmp, train_json), self._sync_small(tmp), write_fn(tmp))),
+                    step, tmp)
         self._finish(step, tmp, ephemeral, kind="custom")
         self._raise_pending()
 
@@ -183,9 +184,15 @@ class CheckpointManager:
         return self._from_rank0(prepare)
 
     def _write_small(self, tmp: Path, train: dict[str, Any]) -> None:
+        """RNG state (every rank) and train.json (rank 0), unsynced: `_sync_small` makes them durable later."""
         save_rng(tmp, self.rank)
         if self.rank == 0:
-            write_json_durably(tmp / TRAIN_FILE, train)
+            (tmp / TRAIN_FILE).write_text(json.dumps(train, indent=1, sort_keys=True) + "\n")
+
+    def _sync_small(self, tmp: Path) -> None:
+        fsync_path(rng_file(tmp, self.rank))
+        if self.rank == 0:
+            fsync_path(tmp / TRAIN_FILE)
 
     def _stage(self, dcp_state: dict[str, Any]) -> dict[str, Any]:
         if self._stager is None:
@@ -198,8 +205,8 @@ class CheckpointManager:
         try:
             writer = FileSystemWriter(str(tmp), sync_files=True, thread_count=self.cfg.write_threads)
             t_write = time.perf_counter()
-            err = _attempt(lambda: dcp.save(dcp_state, storage_writer=writer,
-                                            process_group=self._pg, no_dist=not self._dist))
+            err = _attempt(lambda: (self._sync_small(tmp), dcp.save(dcp_state, storage_writer=writer,
+                                    process_group=self._pg, no_dist=not self._dist)))
             self.last_timings["write_s"] = time.perf_counter() - t_write
             if err is None:
                 self._finish(step, tmp, ephemeral, kind="dcp")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from olmo_train.checkpoint.manifest import RNG_DIR, write_bytes_durably
+from olmo_train.checkpoint.manifest import RNG_DIR
 from olmo_train.errors import CheckpointError
 
 try:
@@ -54,13 +54,15 @@ def set_rng_state(state: dict[str, Any], source: Path) -> None:
         log.warning("%s holds CUDA RNG states but CUDA is not available here; they are not restored", source)
 
 
-def save_rng(root: Path, rank: int) -> None:
-    """Writes this process's RNG states to `root/rng/rank<r>.pt` (fsync'd)."""
+def save_rng(root: Path, rank: int) -> Path:
+    """Writes this process's RNG states to `root/rng/rank<r>.pt` (not fsync'd: the caller syncs it later, off
+    the training thread) and returns the path."""
     buffer = io.BytesIO()
     torch.save(rng_state(), buffer)
     path = rng_file(root, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_durably(path, buffer.getvalue())
+    path.write_bytes(buffer.getvalue())
+    return path
 
 
 def load_rng(root: Path, rank: int) -> None:
