@@ -10,7 +10,9 @@ checkpoints (written through `CheckpointManager.save_with`) export their module 
 
 import argparse
 import logging
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,22 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str | None 
     state = read_model_state_dict(path) if manifest["kind"] == "dcp" else read_deepspeed_model_state_dict(path)
     if dtype is not None:
         state = {k: v.to(_DTYPES[dtype]) for k, v in state.items()}
-    save_state_dict_hf(state, cfg, out)
+    _write_atomically(out, lambda tmp: save_state_dict_hf(state, cfg, tmp))
     log.info("exported %s (step %s) to %s", path, manifest.get("step"), out)
     return path
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) into a sibling temp dir, then rename it to `out`: a failed export leaves no half directory."""
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)  # empty, or the caller asked to overwrite
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
