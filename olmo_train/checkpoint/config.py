@@ -35,6 +35,10 @@ class CheckpointConfig:
     write_threads: int = 1
     """Threads (and files) per rank that write tensor data; more can help on parallel file systems."""
 
+    collective_timeout_s: int = 900
+    """Seconds a rank waits for the others inside a checkpoint operation (their writes included) before the save
+    or load fails. Bounds the hang when another rank died mid-save (the default process-group timeout is 30 min)."""
+
     load_path: str | None = None
     """Where a run without committed checkpoints of its own starts from: a checkpoint directory (`.../step<N>`),
     another run's `checkpoints/` or run directory (its newest good checkpoint), or a transformers `olmo_hybrid`
@@ -46,6 +50,9 @@ class CheckpointConfig:
                 raise ConfigError(f"checkpoint.{name}={getattr(self, name)} is negative; use 0 to turn it off")
         if self.keep < 1:
             raise ConfigError(f"checkpoint.keep={self.keep}: keep at least 1 checkpoint")
+        if self.collective_timeout_s < 1:
+            raise ConfigError(f"checkpoint.collective_timeout_s={self.collective_timeout_s}: use a positive number "
+                              "of seconds, larger than the time one rank needs to write its shard")
         if self.write_threads < 1:
             raise ConfigError(f"checkpoint.write_threads={self.write_threads}: use 1 or more")
         if self.ephemeral_interval and self.interval and self.ephemeral_interval >= self.interval:

@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ class CheckpointManager:
         self.rank = dist.get_rank() if self._dist else 0
         self.world_size = dist.get_world_size() if self._dist else 1
         # A group of our own: the background writer's collectives never interleave with the trainer's.
-        self._pg = dist.new_group(backend="gloo") if self._dist else None
+        self._pg = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.collective_timeout_s)) \
+            if self._dist else None
         self._stager: CpuStager | None = None
         self._thread: threading.Thread | None = None
         self._error: CheckpointError | None = None

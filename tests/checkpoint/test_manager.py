@@ -219,7 +219,8 @@ def test_train_state_must_be_json(tmp_path):
     ({"keep": 0}, "keep"), ({"interval": -1}, "interval"), ({"interval": 100, "ephemeral_interval": 100},
                                                              "ephemeral_interval"),
     ({"interval": 100, "keep_every": 250}, "keep_every"), ({"write_threads": 0}, "write_threads"),
-    ({"load_path": ""}, "load_path")], ids=["keep", "interval", "ephemeral", "keep_every", "threads", "load"])
+    ({"load_path": ""}, "load_path"), ({"collective_timeout_s": 0}, "collective_timeout_s")],
+    ids=["keep", "interval", "ephemeral", "keep_every", "threads", "load", "timeout"])
 def test_config_rejects_bad_values(kwargs, field):
     with pytest.raises(ConfigError, match=f"checkpoint.{field}"):
         CheckpointConfig(**kwargs)
