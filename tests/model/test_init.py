@@ -95,9 +95,14 @@ def _fsdp_init_worker(rank: int, world_size: int, seed: int) -> None:
         assert type(param.data).__name__ == "DTensor", name
         full = param.full_tensor()
         assert torch.equal(full, ref_state[name]), f"rank {rank}: {name}"
+    # and the sharded model computes what the whole one does, packed documents included
+    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(rank))
+    doc_lens = torch.tensor([5, 19, 24])
+    with torch.no_grad():
+        assert torch.allclose(model(ids, doc_lens=doc_lens), reference(ids, doc_lens=doc_lens), atol=1e-5)
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_fsdp2_sharded_init_equals_unsharded_init():
+def test_fsdp2_sharded_init_and_forward_equal_unsharded():
     run_distributed(_fsdp_init_worker, 2, 11)

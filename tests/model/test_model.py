@@ -51,13 +51,13 @@ def test_tiny_training_step_is_quick_on_cpu_and_needs_no_fla():
     model = OlmoHybrid(presets.tiny())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, 8192, (4, 256))
-    timings = []
-    for _ in range(3):
-        t0 = time.perf_counter()
+    timings = []  # CPU seconds of this process: robust to other jobs sharing the machine
+    for _ in range(2):
+        t0 = time.process_time()
         loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         opt.step()
         opt.zero_grad()
-        timings.append(time.perf_counter() - t0)
-    assert min(timings) < 2.0  # ~0.15 s on an idle 2-core machine; generous for a shared CPU
+        timings.append(time.process_time() - t0)
+    assert min(timings) < 2.0  # ~0.3 CPU-s (2 threads) per step when measured; generous for slow CI cores
     assert "fla" not in sys.modules and "triton" not in sys.modules

@@ -9,7 +9,6 @@ from torch import nn
 
 from olmo_train.model import ops
 from olmo_train.model.common import Attention, GatedDeltaNet, RMSNorm, SwiGLU, init_module
-from olmo_train.model.common.rope import rope_tables
 from olmo_train.model.olmo_hybrid.config import OlmoHybridConfig
 
 
@@ -19,8 +18,8 @@ class SeqContext:
 
     packing: ops.Packing | None
     """Document boundaries; None = each row is one sequence."""
-    rope: tuple[torch.Tensor, torch.Tensor] | None
-    """cos, sin [B or 1, T, head_dim] for the attention blocks; None = NoPE."""
+    positions: torch.Tensor
+    """[B or 1, T] int64 position of each token in its document (RoPE restarts at every document)."""
 
 
 class AttentionBlock(nn.Module):
@@ -30,13 +29,14 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, cfg: OlmoHybridConfig) -> None:
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim, cfg.norm_eps,
+                              cfg.rope_theta)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, ctx: SeqContext) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
-        h = x + self.attn_norm(self.attn(x, ctx.packing, ctx.rope))
+        h = x + self.attn_norm(self.attn(x, ctx.packing, ctx.positions))
         return h + self.mlp_norm(self.mlp(h))
 
 
@@ -88,7 +88,9 @@ class OlmoHybrid(nn.Module):
         """input_ids [B, T] -> final-normed hidden states [B, T, d_model] (feed a chunked loss with lm_head)."""
         B, T = input_ids.shape
         packing = ops.make_packing(doc_lens, B, T, input_ids.device)
-        ctx = SeqContext(packing=packing, rope=self._rope(packing, T, input_ids.device))
+        # positions restart at every document, so a packed document sees what it would see alone
+        positions = packing.positions if packing is not None else torch.arange(T, device=input_ids.device)[None]
+        ctx = SeqContext(packing=packing, positions=positions)
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, ctx)
@@ -96,14 +98,6 @@ class OlmoHybrid(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, doc_lens: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden_states(input_ids, doc_lens))  # [B, T, vocab]
-
-    def _rope(self, packing: ops.Packing | None, T: int, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.config.rope_theta is None:
-            return None
-        # positions restart at every document, so a packed document sees what it would see alone
-        positions = packing.positions if packing is not None else torch.arange(T, device=device)[None]
-        return rope_tables(positions, self.config.attn_head_dim, self.config.rope_theta)
 
     def num_params(self, include_embedding: bool = True) -> int:
         """Parameter count (full tensors, also when sharded); the LM head always counts."""
