@@ -26,10 +26,10 @@ cluster=cpu; run_dir=""
 for arg in "$@"; do
   case $arg in cluster=*) cluster=${arg#cluster=} ;; run.dir=*) run_dir=${arg#run.dir=} ;; esac
 done
-profile=$(jobctl profile --cluster "$cluster") || exit 1
-eval "$profile"
 
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # not inside a job: submit this script with the profile's shape
+  profile=$(jobctl profile --cluster "$cluster") || exit 1
+  eval "$profile"
   opts=(--nodes="$PROFILE_NODES")
   [ "$PROFILE_GPUS_PER_NODE" -gt 0 ] && opts+=(--gres="gpu:$PROFILE_GPUS_PER_NODE")
   [ -n "$PROFILE_TIME_LIMIT" ] && opts+=(--time="$PROFILE_TIME_LIMIT")
@@ -43,20 +43,21 @@ fi
 mkdir -p "$run_dir/slurm"
 ATTEMPT=$SLURM_JOB_ID.${SLURM_RESTART_COUNT:-0}
 NNODES=$SLURM_JOB_NUM_NODES
-NPROC=${OLMO_NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-$PROFILE_PROCS_PER_NODE}}
-common=(--run-dir "$run_dir" --hardware "$PROFILE_HARDWARE" --world-size $((NNODES * NPROC)))
 log() { echo "[pretrain.sh $(date +%T) attempt $ATTEMPT] $*"; }
 
-rendezvous=$(jobctl job-start "${common[@]}") || { log "job-start failed"; exit 1; }
-eval "$rendezvous"
+# profile, processes per node, rendezvous (NodeAddr of the first node) and the job_start event: one Python call
+start=$(jobctl job-start --run-dir "$run_dir" --cluster "$cluster") || { log "job-start failed"; exit 1; }
+eval "$start"
+common=(--run-dir "$run_dir" --hardware "$PROFILE_HARDWARE" --world-size "$WORLD_SIZE")
 log "nodes $SLURM_JOB_NODELIST ($NNODES x $NPROC), rendezvous $MASTER_ADDR:$MASTER_PORT, run $run_dir"
 
-healthcheck() {   # prints the failing nodes (empty when all pass)
+healthcheck() {   # $1: tag; other args to olmo-healthcheck. Prints the failing nodes (empty when all pass)
+  local tag=$1; shift
   # shellcheck disable=SC2086
-  OLMO_HEALTH_REPORTS="$run_dir/slurm/health.$ATTEMPT.jsonl" \
-    "$REPO/slurm/healthcheck.sh" --run-dir "$run_dir" ${OLMO_HEALTHCHECK_ARGS:-}
+  OLMO_HEALTH_REPORTS="$run_dir/slurm/health.$ATTEMPT.$tag.jsonl" \
+    "$REPO/slurm/healthcheck.sh" --run-dir "$run_dir" ${OLMO_HEALTHCHECK_ARGS:-} "$@"
 }
-requeue_or_resubmit() {   # $1: action from job-end; $2: nodes to exclude
+requeue_or_resubmit() {   # $1: action from job-end; $2: nodes to exclude; then the overrides
   case $1 in
     finish) log "finished"; exit 0 ;;
     stop) log "giving up"; exit 1 ;;
@@ -73,12 +74,11 @@ requeue_or_resubmit() {   # $1: action from job-end; $2: nodes to exclude
   exit $?
 }
 
-bad=$(healthcheck)
-if [ -n "$bad" ]; then
-  log "health check failed on $bad before training"
-  action=$(jobctl job-end "${common[@]}" --exit-code 0 --unhealthy --bad-nodes "$bad" -- "$@")
-  requeue_or_resubmit "$action" "$bad" "$@"
-fi
+# The pre-training health check runs beside the trainer's start-up (imports, process group: seconds of
+# recovery time otherwise); processes started by this attempt are not strays. A failing node ends the step.
+bad_file="$run_dir/slurm/bad.$ATTEMPT"
+healthcheck pre --ignore-attempt "$ATTEMPT" >"$bad_file" &
+health_pid=$!
 
 signalled=0; srun_pid=""
 forward() {   # the batch shell got $1: pass it to every process of the training step (torchrun ignores USR1)
@@ -92,18 +92,30 @@ read -r -a entry <<<"${OLMO_TRAIN_ENTRY:--m olmo_train.train.app}"
 srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --label \
   bash -c 'trap "" USR1; py=$1; shift; exec "$py" -m torch.distributed.run --node-rank="$SLURM_NODEID" "$@"' \
   pretrain-node "$PY" --nnodes="$NNODES" --nproc-per-node="$NPROC" --max-restarts=0 --rdzv-backend=static \
-  --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" --monitor-interval=0.5 "${entry[@]}" "$@" &
+  --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" --monitor-interval=0.2 "${entry[@]}" "$@" &
 srun_pid=$!
-while :; do                 # a trapped signal interrupts `wait`; keep waiting until srun itself ends
-  wait "$srun_pid"; rc=$?
-  if [ "$rc" -gt 128 ] && kill -0 "$srun_pid" 2>/dev/null; then continue; fi
-  if [ "$rc" -gt 128 ]; then wait "$srun_pid"; r=$?; [ "$r" = 127 ] || rc=$r; fi
-  break
-done
+
+wait_for() {      # waits for pid $1 through trapped signals; sets rc
+  while :; do
+    wait "$1"; rc=$?
+    if [ "$rc" -gt 128 ] && kill -0 "$1" 2>/dev/null; then continue; fi
+    if [ "$rc" -gt 128 ]; then wait "$1"; r=$?; [ "$r" = 127 ] || rc=$r; fi
+    return 0
+  done
+}
+wait_for "$health_pid"
+bad=$(cat "$bad_file")
+if [ -n "$bad" ]; then
+  log "health check failed on $bad before training: stopping the step"
+  kill -TERM "$srun_pid" 2>/dev/null; wait_for "$srun_pid"
+  action=$(jobctl job-end "${common[@]}" --exit-code 0 --unhealthy --bad-nodes "$bad" -- "$@")
+  requeue_or_resubmit "$action" "$bad" "$@"
+fi
+wait_for "$srun_pid"
 log "training step ended with exit code $rc"
 
 bad=""
-if [ "$rc" != 0 ] && [ "$signalled" = 0 ]; then bad=$(healthcheck); fi
+if [ "$rc" != 0 ] && [ "$signalled" = 0 ]; then bad=$(healthcheck post); fi
 flags=(); [ "$signalled" = 1 ] && flags+=(--signalled)
 action=$(jobctl job-end "${common[@]}" --exit-code "$rc" "${flags[@]}" --bad-nodes "$bad" -- "$@")
 requeue_or_resubmit "$action" "$bad" "$@"

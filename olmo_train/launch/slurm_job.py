@@ -65,27 +65,39 @@ def max_restarts(overrides: Sequence[str], run_dir: Path) -> int:
     return ResilienceConfig().max_restarts
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    p = load_profile(args.cluster, args.config_dir)
-    values = {"PROFILE_NODES": p.nodes, "PROFILE_GPUS_PER_NODE": p.gpus_per_node,
-              "PROFILE_PROCS_PER_NODE": p.procs_per_node, "PROFILE_HARDWARE": p.hardware,
-              "PROFILE_TIME_LIMIT": p.time_limit or "", "PROFILE_SBATCH": " ".join(p.sbatch)}
+def profile_vars(cluster: str, config_dir: str) -> dict[str, object]:
+    p = load_profile(cluster, config_dir)
+    return {"PROFILE_NODES": p.nodes, "PROFILE_GPUS_PER_NODE": p.gpus_per_node,
+            "PROFILE_PROCS_PER_NODE": p.procs_per_node, "PROFILE_HARDWARE": p.hardware,
+            "PROFILE_TIME_LIMIT": p.time_limit or "", "PROFILE_SBATCH": " ".join(p.sbatch)}
+
+
+def _print_vars(values: dict[str, object]) -> None:
     for key, value in values.items():
         print(f"{key}={shlex.quote(str(value))}")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    _print_vars(profile_vars(args.cluster, args.config_dir))
     return 0
 
 
 def cmd_job_start(args: argparse.Namespace) -> int:
+    """One call at the start of each attempt (every second here is recovery time): the profile, the processes per
+    node, the rendezvous address from `scontrol show node` (NodeAddr) and the `job_start` ledger event."""
+    values = profile_vars(args.cluster, args.config_dir)
     job_id = os.environ["SLURM_JOB_ID"]
     job = scontrol_show("job", job_id)
     nodes = expand_nodelist(os.environ.get("SLURM_JOB_NODELIST") or job["NodeList"])
     addr = scontrol_show("node", nodes[0]).get("NodeAddr") or nodes[0]
-    ledger = GoodputLedger(args.run_dir, attempt_id(), args.hardware, args.world_size)
-    ledger.event("job_start", scheduler_start=slurm_time(job.get("StartTime")),
-                 submit_time=slurm_time(job.get("SubmitTime")), restarts=int(job.get("Restarts", 0)),
-                 job_id=job_id, nodes=nodes)
-    print(f"MASTER_ADDR={shlex.quote(addr)}")
-    print(f"MASTER_PORT={master_port(job_id, os.environ.get('SLURM_RESTART_COUNT'))}")
+    nproc = int(os.environ.get("OLMO_NPROC_PER_NODE") or os.environ.get("SLURM_GPUS_ON_NODE")
+                or values["PROFILE_PROCS_PER_NODE"])
+    world = len(nodes) * nproc
+    GoodputLedger(args.run_dir, attempt_id(), str(values["PROFILE_HARDWARE"]), world).event(
+        "job_start", scheduler_start=slurm_time(job.get("StartTime")), submit_time=slurm_time(job.get("SubmitTime")),
+        restarts=int(job.get("Restarts", 0)), job_id=job_id, nodes=nodes)
+    _print_vars({**values, "NPROC": nproc, "WORLD_SIZE": world,
+                 "MASTER_ADDR": addr, "MASTER_PORT": master_port(job_id, os.environ.get("SLURM_RESTART_COUNT"))})
     return 0
 
 
@@ -168,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("profile", help="print the cluster profile as shell assignments")
     p.add_argument("--cluster", default="cpu")
     p.add_argument("--config-dir", default="configs")
-    for name in ("job-start", "job-end"):
-        p = sub.add_parser(name)
-        p.add_argument("--run-dir", required=True)
-        p.add_argument("--hardware", default="cpu")
-        p.add_argument("--world-size", type=int, default=1)
+    p = sub.add_parser("job-start", help="profile, rendezvous and the job_start event, as shell assignments")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--cluster", default="cpu")
+    p.add_argument("--config-dir", default="configs")
+    p = sub.add_parser("job-end", help="the requeue decision and the job_end event")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--hardware", default="cpu")
+    p.add_argument("--world-size", type=int, default=1)
     p.add_argument("--exit-code", type=int, required=True)
     p.add_argument("--signalled", action="store_true", help="the batch script received USR1/TERM")
     p.add_argument("--bad-nodes", default="", help="comma-separated nodes that failed the health check")

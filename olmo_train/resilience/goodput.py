@@ -41,6 +41,7 @@ class Attempt:
     last_time: float = 0.0
     scheduler_start: float | None = None
     submit_time: float | None = None
+    trainer_start: float | None = None
     init_done: float | None = None
     loaded_time: float | None = None
     loaded_step: int | None = None
@@ -92,6 +93,9 @@ class Recovery:
     failed_restarts_s: float
     detection_s: float
     """Last progress of the interrupted attempt to its last event (not part of the recovery)."""
+    launch_s: float | None
+    """Of the start-up: the scheduler's start to the trainer's `attempt_start` (batch script, health check, srun,
+    torchrun, imports, process group); the rest of the start-up is the trainer's own build."""
     lost_steps: int
     lost_s: float
 
@@ -160,6 +164,8 @@ def _apply(a: Attempt, e: dict[str, Any]) -> None:
     kind = e["event"]
     if kind == "job_start":
         a.scheduler_start, a.submit_time = e.get("scheduler_start"), e.get("submit_time")
+    elif kind == "attempt_start":
+        a.trainer_start = e["time"]
     elif kind == "init_done":
         a.init_done = e["time"]
     elif kind == "checkpoint_loaded":
@@ -226,6 +232,7 @@ def _recoveries(attempts: list[Attempt], limits: list[float]) -> list[Recovery]:
             startup_s=t_init - t_sched, checkpoint_load_s=t_loaded - t_init, first_step_s=first_end - t_loaded,
             failed_restarts_s=failed_restarts,
             detection_s=a.last_time - (a.last_progress if a.last_progress is not None else a.last_time),
+            launch_s=nxt.trainer_start - t_sched if nxt.trainer_start is not None else None,
             lost_steps=lost_steps, lost_s=lost_s))
     return out
 

@@ -73,10 +73,13 @@ def _nvidia_smi() -> tuple[list[list[str]], list[str]] | None:
     return rows, [line.strip() for line in apps.splitlines() if line.strip()]
 
 
-def stray_processes(run_dir: str | None, *, exclude: set[int] | None = None) -> list[str]:
+def stray_processes(run_dir: str | None, *, ignore_attempt: str | None = None,
+                    exclude: set[int] | None = None) -> list[str]:
     """Processes other than ours and our ancestors whose command line names this run's directory (leftovers of an
     earlier attempt that would fight the new one for GPUs, ports and checkpoint files). Shells and Slurm's own
-    commands are not counted: the batch script itself carries the run's overrides."""
+    commands are not counted: the batch script itself carries the run's overrides. Processes of attempt
+    `ignore_attempt` (SLURM_JOB_ID.SLURM_RESTART_COUNT in their environment) are not counted either, so the check can
+    run while that attempt's trainer starts."""
     if not run_dir:
         return []
     needles = {f"run.dir={run_dir}", f"run.dir={os.path.abspath(run_dir)}"}
@@ -85,17 +88,26 @@ def stray_processes(run_dir: str | None, *, exclude: set[int] | None = None) -> 
     for proc in psutil.process_iter(["pid", "name", "cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
         if (proc.info["pid"] in mine or proc.info["status"] == psutil.STATUS_ZOMBIE
-                or proc.info["name"] in _NOT_STRAYS):
+                or proc.info["name"] in _NOT_STRAYS or not any(arg in needles for arg in cmdline)):
             continue
-        if any(arg in needles for arg in cmdline):
-            found.append(f"{proc.info['pid']}: {' '.join(cmdline)[:120]}")
+        if ignore_attempt is not None and _attempt_of(proc) == ignore_attempt:
+            continue
+        found.append(f"{proc.info['pid']}: {' '.join(cmdline)[:120]}")
     return found
 
 
-def check_strays(run_dir: str | None, grace_s: float = 10.0) -> CheckResult:
+def _attempt_of(proc: psutil.Process) -> str | None:
+    try:
+        env = proc.environ()
+    except (psutil.Error, OSError):
+        return None
+    return f"{env['SLURM_JOB_ID']}.{env.get('SLURM_RESTART_COUNT') or 0}" if env.get("SLURM_JOB_ID") else None
+
+
+def check_strays(run_dir: str | None, grace_s: float = 10.0, ignore_attempt: str | None = None) -> CheckResult:
     """Waits up to `grace_s` for leftovers to exit (Slurm kills a failed step's tasks after KillWait)."""
     deadline = time.monotonic() + grace_s
-    while (found := stray_processes(run_dir)) and time.monotonic() < deadline:
+    while (found := stray_processes(run_dir, ignore_attempt=ignore_attempt)) and time.monotonic() < deadline:
         time.sleep(0.2)
     if found:
         return CheckResult("strays", False, f"{len(found)} stray processes of this run: {'; '.join(found[:3])}")
@@ -145,9 +157,9 @@ def expected_gpus() -> int:
 
 
 def run_checks(*, run_dir: str | None, gpus: int, min_disk_gib: float, min_mem_gib: float,
-               stray_grace_s: float) -> dict:
+               stray_grace_s: float, ignore_attempt: str | None = None) -> dict:
     node = node_name()
-    checks = [check_gpus(gpus), check_strays(run_dir, stray_grace_s),
+    checks = [check_gpus(gpus), check_strays(run_dir, stray_grace_s, ignore_attempt),
               check_disk(run_dir or os.getcwd(), min_disk_gib), check_memory(min_mem_gib)]
     forced = check_forced_failure(node)
     if forced is not None:
@@ -165,10 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-mem-gib", type=float, default=4.0, help="available memory needed")
     parser.add_argument("--stray-grace-s", type=float, default=10.0,
                         help="seconds to wait for leftover processes of this run to exit")
+    parser.add_argument("--ignore-attempt", metavar="JOBID.RESTART",
+                        help="processes of this attempt (their SLURM_JOB_ID.SLURM_RESTART_COUNT) are not strays")
     args = parser.parse_args(argv)
     report = run_checks(run_dir=args.run_dir, gpus=expected_gpus() if args.gpus is None else args.gpus,
                         min_disk_gib=args.min_disk_gib, min_mem_gib=args.min_mem_gib,
-                        stray_grace_s=args.stray_grace_s)
+                        stray_grace_s=args.stray_grace_s, ignore_attempt=args.ignore_attempt)
     print(json.dumps(report), flush=True)
     for c in report["checks"]:
         if not c["ok"]:

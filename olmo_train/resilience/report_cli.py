@@ -48,7 +48,8 @@ def format_report(report: GoodputReport, run_dir: str | Path) -> str:
                 f"  {r.failed_attempt} -> {r.next_attempt} {r.kind:<9} {r.recovery_s:7.1f} = "
                 f"{r.requeue_wait_s:6.1f} + {r.startup_s:5.1f} + {r.checkpoint_load_s:5.1f} + {r.first_step_s:5.1f}"
                 f"{f' + {r.failed_restarts_s:.1f}' if r.failed_restarts_s else ''}   lost {r.lost_steps} steps "
-                f"({r.lost_s:.1f} s)   detection {r.detection_s:.1f}")
+                f"({r.lost_s:.1f} s)   detection {r.detection_s:.1f}"
+                f"{f'   (start-up: launch {r.launch_s:.1f})' if r.launch_s is not None else ''}")
         parts = o.recovery_parts_median_s
         lines.append("  median parts: " + ", ".join(f"{p.removesuffix('_s')} {parts[p]:.1f} s"
                                                      for p in RECOVERY_PARTS))

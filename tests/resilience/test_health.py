@@ -71,3 +71,16 @@ def test_cli_json_and_exit_codes(tmp_path, monkeypatch):
     assert bad.returncode == 1 and "forced FAILED" in bad.stderr and not json.loads(bad.stdout)["ok"]
     other = subprocess.run(args, env={**env, "OLMO_HEALTHCHECK_FAIL": "n1"}, capture_output=True, timeout=60)
     assert other.returncode == 0
+
+
+def test_processes_of_the_ignored_attempt_are_not_strays(tmp_path):
+    run_dir = str(tmp_path / "run")
+    env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"run.dir={run_dir}"], env=env)
+    try:
+        time.sleep(0.3)
+        assert health.stray_processes(run_dir, ignore_attempt="77.2") == []
+        assert len(health.stray_processes(run_dir, ignore_attempt="77.1")) == 1  # an earlier attempt's leftover
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -86,10 +87,14 @@ def test_wandb_offline_round_trip(run_dir, monkeypatch):
     from olmo_train.logging.wandb_reader import read_records, run_files
 
     (path,) = run_files(run_dir / "wandb", "abc123def456")
-    summary = {}
-    for record in read_records(path):
-        if record.WhichOneof("record_type") == "summary":
-            summary |= {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                        for item in record.summary.update}
+    summary: dict = {}
+    for _ in range(50):  # wandb-core may still be flushing the file when finish() returns
+        for record in read_records(path):
+            if record.WhichOneof("record_type") == "summary":
+                summary |= {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update}
+        if "goodput/overall/interruptions" in summary:
+            break
+        time.sleep(0.2)
     assert summary["goodput/overall/interruptions"] == 2
     assert summary["goodput/cpu/recovery_median_s"] == pytest.approx(13.0)
