@@ -80,11 +80,16 @@ class CheckpointManager:
         train = _train_json(state.get(TRAIN_KEY, {}), step)
         tmp = self._begin(step)
         if tmp is None:
+            self.last_timings = {"blocking_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t0}
             return
-        self._agree(_attempt(lambda: self._write_small(tmp, train)), step, tmp)
-        dcp_state = resolve(state)
-        if self.cfg.async_save:
-            dcp_state = self._stage(dcp_state)
+        box: dict[str, Any] = {}
+
+        def prepare() -> None:
+            self._write_small(tmp, train)
+            box["state"] = self._stage(resolve(state)) if self.cfg.async_save else resolve(state)
+
+        self._agree(_attempt(prepare), step, tmp)  # a failure on one rank (e.g. out of memory) stops all
+        dcp_state = box["state"]
         self.last_timings = {"blocking_s": time.perf_counter() - t0}
         if not self.cfg.async_save:
             self._write_and_commit(step, tmp, dcp_state, ephemeral, t0)
@@ -130,12 +135,14 @@ class CheckpointManager:
         """The newest committed checkpoint of this run that verifies (newer corrupt ones are skipped with a
         warning and kept on disk), else the checkpoint `cfg.load_path` names (see `checkpoint_kind` for what it
         is), else None."""
+        self.wait()  # one thread at a time on the checkpoint group
         return self._from_rank0(self._find_resume_path)
 
     def load(self, path: str | Path, state: Mapping[str, Any], *, restore_rng: bool = True) -> dict[str, Any]:
         """Loads a DCP checkpoint into `state` in place (any world size: DCP reshards) and returns its train
         state. Only the entries present in `state` are read (pass just {"model": ...} for weights only). RNG
         states are restored when the world size matches the one that saved."""
+        self.wait()
         path = Path(path)
         manifest = self._from_rank0(lambda: _checked_manifest(path))
         kind = manifest["kind"] if manifest else "dcp"
@@ -163,6 +170,7 @@ class CheckpointManager:
                   restore_rng: bool = True) -> dict[str, Any]:
         """Verifies a checkpoint written by `save_with`, calls `read_fn(path)` on every rank (e.g. DeepSpeed's
         `engine.load_checkpoint(str(path))`), restores RNG states and returns the train state."""
+        self.wait()
         path = Path(path)
         manifest = self._from_rank0(lambda: _checked_manifest(path))
         read_fn(path)

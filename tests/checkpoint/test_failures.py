@@ -128,7 +128,20 @@ def _one_rank_runs_out_of_space(rank: int, world_size: int, run_dir: str) -> Non
         raise AssertionError(f"rank {rank}: the failed save was not reported")
     manager_module.FileSystemWriter = FileSystemWriter
     mgr.save(30, training_state(model, opt))  # the group is still usable: no rank hangs
+    mgr.wait()
+    if rank == 1:
+        manager_module.resolve = _out_of_memory
+    try:
+        mgr.save(40, training_state(model, opt))  # fails while staging on rank 1, before anything is written
+    except CheckpointError as e:
+        assert "rank 1: MemoryError: staging buffers" in str(e), str(e)
+    else:
+        raise AssertionError(f"rank {rank}: the failed staging was not reported")
     mgr.close()
+
+
+def _out_of_memory(state):
+    raise MemoryError("staging buffers")
 
 
 @pytest.mark.distributed
