@@ -153,10 +153,10 @@ class TrainLoader:
                     pass
 
     def state_dict(self) -> dict[str, Any]:
-        """Tiny: the next step, the samples consumed before it, and what identifies the data and its order."""
-        return {"version": STATE_VERSION, "step": self.next_step,
-                "instances_consumed": int(self.step_samples(self.next_step)[0]) if self.global_batch_size else 0,
-                "fingerprint": self.fingerprint, "seed": self.seed, "seq_len": self.seq_len,
+        """Tiny: the next step, the samples (and tokens) consumed before it, what identifies the data and order."""
+        consumed = int(self.step_samples(self.next_step)[0])
+        return {"version": STATE_VERSION, "step": self.next_step, "instances_consumed": consumed,
+                "tokens_consumed": consumed * self.seq_len, "fingerprint": self.fingerprint, "seed": self.seed, "seq_len": self.seq_len,
                 "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict[str, Any], allow_data_change: bool | None = None) -> None:

@@ -63,13 +63,26 @@ def test_resume_yields_what_an_uninterrupted_loader_yields(token_source, prefetc
     for _, bs in first.iter_from(0, num_steps=resume_at):
         got += [b.input_ids for b in bs]
     state = first.state_dict()
-    assert set(state) == {"version", "step", "instances_consumed", "fingerprint", "seed", "seq_len",
-                          "global_batch_size"}
+    assert set(state) == {"version", "step", "instances_consumed", "tokens_consumed", "fingerprint", "seed",
+                          "seq_len", "global_batch_size"}
+    assert state["tokens_consumed"] == resume_at * G * SEQ
     resumed = _loader(token_source, mb=2, prefetch=prefetch)
     resumed.load_state_dict(state)
     for _, bs in resumed.iter_from(num_steps=8 - resume_at):
         got += [b.input_ids for b in bs]
     assert len(got) == len(full) and all(torch.equal(a, b) for a, b in zip(got, full))
+
+
+def test_resume_on_another_world_size(token_source):
+    first = _loader(token_source)
+    for _ in first.iter_from(0, num_steps=3):
+        pass
+    ranks = [_loader(token_source, world_size=4, rank=r, mb=2) for r in range(4)]
+    for ld in ranks:
+        ld.load_state_dict(first.state_dict())
+    uninterrupted = [_loader(token_source)]
+    for step in (3, 4):
+        assert torch.equal(_step_rows(ranks, step)[0], _step_rows(uninterrupted, step)[0])
 
 
 def test_resume_with_another_global_batch_size_continues_the_sample_stream(token_source):

@@ -136,6 +136,10 @@ def test_cli_on_jsonl_and_text_files(tmp_path, capsys):
     cli_main([str(tmp_path / "b.txt"), "--out", str(tmp_path / "txt"), "--tokenizer",
               str(tmp_path / "out" / "tokenizer.json"), "--workers", "1", "--no-progress"])
     assert json.load(open(tmp_path / "txt" / "metadata.json"))["num_documents"] == 2
+    datasets.Dataset.from_dict({"text": docs}).to_parquet(str(tmp_path / "c.parquet"))
+    cli_main([str(tmp_path / "c.parquet"), "--out", str(tmp_path / "pq"), "--tokenizer",
+              str(tmp_path / "out" / "tokenizer.json"), "--workers", "1", "--no-progress"])
+    assert json.load(open(tmp_path / "pq" / "metadata.json"))["num_tokens"] == meta["num_tokens"]
 
 
 @pytest.mark.parametrize("make,match", [
