@@ -101,3 +101,16 @@ def test_cpu_uses_torch_kernels_and_never_imports_fla():
     assert "fla" not in sys.modules and "triton" not in sys.modules
     with ops.use_kernels("fla"), pytest.raises(EnvironmentSetupError, match="OLMO_TRAIN_KERNELS=torch"):
         ops.short_conv(torch.randn(1, 4, 3), torch.randn(3, 4), None)
+
+
+@pytest.mark.parametrize("capability, triton, tilelang, ok", [
+    ((9, 0), "3.6.0", False, False), ((9, 0), "3.6.0", True, True), ((9, 0), "3.7.1", False, True),
+    ((10, 0), "3.6.0", False, True), ((8, 0), "3.5.1+git", False, True),
+], ids=["hopper-old-triton", "hopper-tilelang", "hopper-new-triton", "blackwell", "ampere"])
+def test_fla_shim_names_the_hopper_backward_fix(capability, triton, tilelang, ok):
+    from olmo_train.model.ops.fla_shim import hopper_backward_problem
+
+    problem = hopper_backward_problem(capability, triton, tilelang)
+    assert (problem is None) == ok
+    if not ok:
+        assert "tilelang" in problem and "3.7.1" in problem

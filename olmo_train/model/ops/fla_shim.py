@@ -26,6 +26,19 @@ def fla_installed() -> bool:
     return importlib.util.find_spec("fla") is not None
 
 
+def hopper_backward_problem(capability: tuple[int, int], triton_version: str, has_tilelang: bool) -> str | None:
+    """Why fla 0.6.0 cannot train the gated delta rule on this GPU, or None when it can.
+
+    On Hopper (sm_90) fla refuses its Triton backward with Triton < 3.7.1 (fla issue #640: wrong gradients)
+    unless tilelang is installed, which fla then uses instead.
+    """
+    major_minor = tuple(int(p) for p in triton_version.split("+")[0].split(".")[:3] if p.isdigit())
+    if capability[0] == 9 and major_minor < (3, 7, 1) and not has_tilelang:
+        return (f"fla {FLA_VERSION} has no correct gated-delta-rule backward on Hopper with triton {triton_version} "
+                "(fla #640); install tilelang (fla then uses its tilelang backend) or triton >= 3.7.1")
+    return None
+
+
 @functools.cache
 def _modules() -> tuple[ModuleType, ModuleType]:
     if not torch.cuda.is_available():
@@ -34,8 +47,13 @@ def _modules() -> tuple[ModuleType, ModuleType]:
     try:
         gdn = importlib.import_module("fla.ops.gated_delta_rule")
         conv = importlib.import_module("fla.modules.convolution")
+        import triton
     except ImportError as exc:
         raise EnvironmentSetupError(f"the Gated DeltaNet CUDA kernels are missing ({exc}); {_INSTALL_HINT}") from exc
+    problem = hopper_backward_problem(torch.cuda.get_device_capability(), triton.__version__,
+                                      importlib.util.find_spec("tilelang") is not None)
+    if problem:
+        raise EnvironmentSetupError(problem)
     return gdn, conv
 
 
