@@ -120,6 +120,14 @@ def test_config_round_trip_and_released_defaults():
         hf.from_hf_config({"tie_word_embeddings": True})
 
 
+def test_7b_preset_is_transformers_default_config():
+    """transformers' olmo_hybrid defaults are the released 7B; only RoPE differs (ours: theta 5e5 as pretrained)."""
+    from olmo_train.model import presets
+
+    theirs = hf.from_hf_config(transformers.OlmoHybridConfig().to_dict())
+    assert theirs == presets.olmo_hybrid_7b().replace(rope_theta=theirs.rope_theta)
+
+
 def test_load_hf_reports_missing_files(tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         hf.load_hf(tmp_path)
