@@ -10,7 +10,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 import torch.distributed as dist
 
@@ -96,4 +95,6 @@ def memory_gb(device: torch.device) -> float:
     """Peak allocated accelerator memory (GiB) on CUDA; resident set size of this process on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    import psutil
+
     return psutil.Process().memory_info().rss / 2**30
