@@ -132,13 +132,13 @@ def tokenize_to_shards(dataset: datasets.Dataset, out_dir: str, tok: Tokenizer, 
     """
     os.makedirs(out_dir, exist_ok=True)
     job = _job(dataset, tok, text_field=text_field, docs_per_shard=docs_per_shard, source=source, eos=eos)
-    job_hash = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+    identity = {k: v for k, v in job.items() if k != "source"}  # `source` only describes; the data fingerprint counts
+    job_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     meta_path = os.path.join(out_dir, METADATA_NAME)
     if os.path.isfile(meta_path) and read_json(meta_path).get("job") == job_hash:
         return read_json(meta_path)
-    for stale in glob.glob(os.path.join(out_dir, "*.tmp.*")):
-        os.remove(stale)
     plan = plan_shards(len(dataset), docs_per_shard)
+    _remove_stale(out_dir, {s.file for s in plan} if overwrite else None)
     todo = [s for s in plan if not _shard_done(out_dir, s, job_hash, overwrite)]
     bar = tqdm(total=len(dataset), initial=len(dataset) - sum(s.doc_end - s.doc_start for s in todo),
                unit="doc", desc=f"tokenize {source or out_dir}", disable=not progress)
@@ -152,6 +152,17 @@ def tokenize_to_shards(dataset: datasets.Dataset, out_dir: str, tok: Tokenizer, 
             on_shard_done(sidecar)
     bar.close()
     return _write_metadata(out_dir, plan, job, job_hash, tokenizer_spec)
+
+
+def _remove_stale(out_dir: str, keep: set[str] | None) -> None:
+    """Temp files of an interrupted run; with `keep` (overwrite), also shards of another job outside the plan."""
+    for stale in glob.glob(os.path.join(out_dir, "*.tmp.*")):
+        os.remove(stale)
+    if keep is None:
+        return
+    for path in glob.glob(os.path.join(out_dir, "part-*.npy*")) + glob.glob(os.path.join(out_dir, METADATA_NAME)):
+        if os.path.basename(path).removesuffix(SIDECAR_SUFFIX) not in keep:
+            os.remove(path)
 
 
 def _write_metadata(out_dir: str, plan: list[ShardPlan], job: dict[str, Any], job_hash: str,

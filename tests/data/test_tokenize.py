@@ -118,11 +118,13 @@ def test_worker_processes_write_the_same_bytes(tmp_path, tok_path, dataset):
 
 def test_another_job_in_the_same_dir_is_an_error(tmp_path, tok_path, dataset):
     tok = load_tokenizer(tok_path)
-    tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=30, progress=False)
+    tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=20, progress=False)  # 7 shards
     (tmp_path / "metadata.json").unlink()
     with pytest.raises(DataError, match="another tokenisation job.*--overwrite"):
-        tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=20, progress=False)
-    tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=20, progress=False, overwrite=True)
+        tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=30, progress=False)
+    tokenize_to_shards(dataset, str(tmp_path), tok, docs_per_shard=30, progress=False, overwrite=True)
+    assert sorted(p for p in os.listdir(tmp_path) if ".npy" in p) == sorted(
+        f"part-{i:05d}.npy{ext}" for i in range(5) for ext in ("", ".json"))  # the old job's 6th, 7th are gone
 
 
 def test_cli_on_jsonl_and_text_files(tmp_path, capsys):
