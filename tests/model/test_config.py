@@ -18,6 +18,7 @@ EXACT_7B_PARAMS = 7_430_870_688
     (dict(n_layers=6), "n_layers"),
     (dict(d_model=66, attn_n_heads=4), "attn_head_dim"),
     (dict(attn_n_kv_heads=3), "attn_n_kv_heads"),
+    (dict(gdn_n_heads=5), "gdn_head_k_dim"),
     (dict(gdn_n_v_heads=3), "gdn_n_v_heads"),
     (dict(attn_head_dim=15), "attn_head_dim"),
     (dict(gdn_conv_size=5), "gdn_conv_size"),
@@ -25,7 +26,7 @@ EXACT_7B_PARAMS = 7_430_870_688
     (dict(eos_token_id=96), "eos_token_id"),
     (dict(gdn_a_log_range=(4.0, 1.0)), "gdn_a_log_range"),
 ], ids=["no-attn", "no-gdn", "unknown-kind", "empty", "not-multiple", "heads-dont-divide", "kv-heads",
-        "v-heads", "odd-rope-dim", "conv", "vocab", "eos", "a-log"])
+        "gdn-heads-dont-divide", "v-heads", "odd-rope-dim", "conv", "vocab", "eos", "a-log"])
 def test_impossible_configs_name_the_field(changes, field):
     with pytest.raises(ConfigError, match=f"OlmoHybridConfig.{field}="):
         small_config(**changes)

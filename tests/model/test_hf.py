@@ -114,8 +114,10 @@ def test_config_round_trip_and_released_defaults():
     cfg = small_config(n_layers=8, layer_pattern=["gdn", "attn", "gdn", "gdn"], rope_theta=None, eos_token_id=5)
     assert hf.from_hf_config(hf.to_hf_config(cfg)) == cfg
     released = hf.from_hf_config({"model_type": "olmo_hybrid"})  # transformers' defaults = the 7B release
-    assert released.block_kinds == ["gdn", "gdn", "gdn", "attn"] * 8 and released.layer_pattern == ["gdn"] * 3 + ["attn"]
-    assert (released.d_model, released.gdn_head_k_dim, released.gdn_head_v_dim, released.mlp_hidden) == (3840, 96, 192, 11008)
+    assert released.block_kinds == ["gdn", "gdn", "gdn", "attn"] * 8
+    assert released.layer_pattern == ["gdn", "gdn", "gdn", "attn"]
+    sizes = (released.d_model, released.gdn_head_k_dim, released.gdn_head_v_dim, released.mlp_hidden)
+    assert sizes == (3840, 96, 192, 11008)
     with pytest.raises(ConfigError, match="tie_word_embeddings"):
         hf.from_hf_config({"tie_word_embeddings": True})
 

@@ -46,7 +46,7 @@ class OlmoHybridConfig:
     gdn_n_v_heads: int | None = None
     """Value heads of the GDN blocks (a multiple of `gdn_n_heads`); None = `gdn_n_heads`."""
     gdn_head_k_dim: int | None = None
-    """Query/key width of one GDN head; None = int(0.75 * d_model / gdn_n_heads) as in the released model."""
+    """Query/key width of one GDN head; None = 0.75 * d_model / gdn_n_heads (as in the released model; must divide)."""
     gdn_head_v_dim: int | None = None
     """Value width of one GDN head; None = 2 * `gdn_head_k_dim`."""
     gdn_conv_size: int = 4
@@ -92,7 +92,10 @@ class OlmoHybridConfig:
         if self.gdn_n_v_heads is None:
             self.gdn_n_v_heads = self.gdn_n_heads
         if self.gdn_head_k_dim is None and self.gdn_n_heads > 0:
-            self.gdn_head_k_dim = int(0.75 * self.d_model / self.gdn_n_heads)
+            if (3 * self.d_model) % (4 * self.gdn_n_heads):
+                _fail("gdn_head_k_dim", None, f"0.75 * d_model={self.d_model} is not divisible by gdn_n_heads="
+                      f"{self.gdn_n_heads}; set gdn_head_k_dim explicitly or pick a head count that divides it")
+            self.gdn_head_k_dim = 3 * self.d_model // (4 * self.gdn_n_heads)
         if self.gdn_head_v_dim is None and self.gdn_head_k_dim is not None:
             self.gdn_head_v_dim = 2 * self.gdn_head_k_dim
 
@@ -116,7 +119,8 @@ class OlmoHybridConfig:
     def _check_pattern(self) -> None:
         pattern = self.layer_pattern
         if not pattern:
-            _fail("layer_pattern", pattern, 'must be a non-empty list of block kinds, e.g. ["gdn", "gdn", "gdn", "attn"]')
+            _fail("layer_pattern", pattern,
+                  'must be a non-empty list of block kinds, e.g. ["gdn", "gdn", "gdn", "attn"]')
         unknown = [k for k in pattern if k not in BLOCK_KINDS]
         if unknown:
             _fail("layer_pattern", pattern, f"unknown block kinds {unknown}; valid kinds are {list(BLOCK_KINDS)}")

@@ -74,7 +74,8 @@ def _chunk_aligned_layout(cu_seqlens: torch.Tensor, chunk: int) -> tuple[torch.T
     lens = cu[1:] - cu[:-1]
     padded = (lens + chunk - 1) // chunk * chunk
     padded_starts = F.pad(padded.cumsum(0), (1, 0))
-    dest = padded_starts[:-1].repeat_interleave(lens) + torch.arange(int(cu[-1]), device="cpu") - cu[:-1].repeat_interleave(lens)
+    in_doc = torch.arange(int(cu[-1]), device="cpu") - cu[:-1].repeat_interleave(lens)  # position in document
+    dest = padded_starts[:-1].repeat_interleave(lens) + in_doc
     padded_len = int(padded_starts[-1])
     resets = [False] * (padded_len // chunk)
     for start in padded_starts[:-1].tolist():
