@@ -61,3 +61,21 @@ def test_tiny_training_step_is_quick_on_cpu_and_needs_no_fla():
         timings.append(time.process_time() - t0)
     assert min(timings) < 2.0  # ~0.3 CPU-s (2 threads) per step when measured; generous for slow CI cores
     assert "fla" not in sys.modules and "triton" not in sys.modules
+
+
+def test_blocks_compile_with_the_kernel_call_as_the_only_break():
+    """What the trainer's per-block torch.compile sees: same outputs, graph breaks only at the GDN kernel call."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = OlmoHybrid(small_config())
+    ids, doc_lens = torch.randint(0, 96, (2, 40)), torch.tensor([30, 10, 40])
+    expected = model(ids, doc_lens=doc_lens)
+    for block in model.blocks:
+        block.compile(backend="aot_eager")
+    out = model(ids, doc_lens=doc_lens)
+    out.sum().backward()
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert counters["graph_break"] and all("gated_delta_rule" in reason for reason in counters["graph_break"])
+    torch._dynamo.reset()

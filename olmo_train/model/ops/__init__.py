@@ -48,6 +48,7 @@ def kernels_for(device: torch.device) -> Literal["fla", "torch"]:
     return choice  # type: ignore[return-value]
 
 
+@torch.compiler.disable  # a kernel boundary: fla's kernels are opaque, ours loops over a data-dependent layout
 def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                      packing: Packing | None) -> torch.Tensor:
     """q, k [B, T, H, K] (raw: L2-normalised here), v [B, T, HV, V], g (log decay, fp32), beta [B, T, HV]
@@ -64,13 +65,16 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     return o.reshape(B, T, *o.shape[2:]).to(v.dtype)
 
 
+_fla_conv = torch.compiler.disable(fla_shim.causal_conv1d_silu)
+
+
 def short_conv(x: torch.Tensor, weight: torch.Tensor, packing: Packing | None) -> torch.Tensor:
     """Depthwise causal conv + SiLU: x [B, T, C], weight [C, W] -> [B, T, C]; taps stop at document starts."""
     if kernels_for(x.device) == "fla":
         B, T, C = x.shape
         if packing is None:
-            return fla_shim.causal_conv1d_silu(x, weight, cu_seqlens=None, cu_seqlens_cpu=None)
-        y = fla_shim.causal_conv1d_silu(x.reshape(1, B * T, C), weight, cu_seqlens=packing.cu_seqlens,
+            return _fla_conv(x, weight, cu_seqlens=None, cu_seqlens_cpu=None)
+        y = _fla_conv(x.reshape(1, B * T, C), weight, cu_seqlens=packing.cu_seqlens,
                                         cu_seqlens_cpu=packing.cu_seqlens_cpu)
         return y.reshape(B, T, C)
     return conv_torch.causal_conv1d_silu(x, weight, None if packing is None else packing.positions)
