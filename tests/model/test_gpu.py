@@ -28,8 +28,8 @@ def run(model, ids, doc_lens, kernels):
 
 
 @pytest.mark.parametrize("doc_lens", [None, [100, 205, 1, 306]], ids=["rows", "packed"])
-def test_fla_bf16_is_as_close_to_fp32_as_torch_bf16(doc_lens):
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_fla_bf16_is_as_close_to_fp32_as_torch_bf16(doc_lens, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an fp32 reference, not tf32
     with torch.device("cuda"):
         ref_model = OlmoHybrid(gpu_config())
     bf16 = copy.deepcopy(ref_model).to(torch.bfloat16)
@@ -38,7 +38,7 @@ def test_fla_bf16_is_as_close_to_fp32_as_torch_bf16(doc_lens):
     ref = run(ref_model, ids, docs, "torch")
     fla, torch_bf16 = run(bf16, ids, docs, "fla"), run(bf16, ids, docs, "torch")
     for i, what in enumerate(("logits", "grads")):
-        assert rel(fla[i], ref[i]) < 1.5 * rel(torch_bf16[i], ref[i]) + 2e-3, what
+        assert rel(fla[i], ref[i]) < 2 * rel(torch_bf16[i], ref[i]) + 2e-3, what
 
 
 def test_fla_gated_delta_rule_matches_float64_recurrence():
