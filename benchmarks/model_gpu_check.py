@@ -67,6 +67,10 @@ def environment(device: torch.device) -> None:
         except Exception as exc:  # noqa: BLE001 - report any import failure
             log(pkg, f"missing ({type(exc).__name__})")
     log("kernels_on_device", ops.kernels_for(device))
+    from olmo_train.model.ops.attention import _varlen_kwargs
+
+    log("attention_with_documents", f"varlen_attn {_varlen_kwargs()}" if device.type == "cuda" and _varlen_kwargs()
+        else "SDPA with a block-diagonal causal mask")
 
 
 def fwd_bwd(model: OlmoHybrid, ids: torch.Tensor, labels: torch.Tensor, doc_lens: torch.Tensor | None,
