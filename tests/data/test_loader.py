@@ -39,6 +39,15 @@ def test_same_samples_per_step_for_any_world_and_micro_batch_size(token_source, 
             assert torch.equal(got, want)
 
 
+def test_far_steps_are_computed_directly(token_source):
+    """Step 10^9 (past 10^7 passes over the data) costs what step 0 costs: no replay, and ranks still agree."""
+    far = 10**9
+    whole = _step_rows([_loader(token_source)], far)
+    split = _step_rows([_loader(token_source, world_size=2, rank=r, mb=2) for r in range(2)], far)
+    assert all(torch.equal(a, b) for a, b in zip(whole, split))
+    assert whole[2].tolist() == list(range(far * G, (far + 1) * G))
+
+
 def test_order_depends_on_seed(token_source):
     a, b = _loader(token_source, seed=0), _loader(token_source, seed=1)
     assert not torch.equal(_step_rows([a], 0)[0], _step_rows([b], 0)[0])
