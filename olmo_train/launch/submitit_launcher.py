@@ -120,7 +120,7 @@ class TrainTask(submitit.helpers.Checkpointable):
                f"--nproc-per-node={self.cfg.procs_per_node}", f"--node-rank={env.node}", "--max-restarts=0",
                "--rdzv-backend=static", f"--master-addr={addr}", f"--master-port={master_port(digits, restart)}",
                "--monitor-interval=0.2", *self.cfg.entry, *self.overrides, f"run.dir={self.run_dir}"]
-        child_env = {**os.environ, "OLMO_TRAIN_ATTEMPT": self._attempt}
+        child_env = {**os.environ, "OLMO_TRAIN_ATTEMPT": self._attempt, "OLMO_TRAIN_LAUNCHER": "submitit"}
         self._proc = subprocess.Popen(cmd, env=child_env, preexec_fn=_ignore_usr1, start_new_session=True)
         while (code := self._proc.poll()) is None:  # poll, not wait(): a signal handler may poll too
             time.sleep(0.2)
@@ -199,3 +199,18 @@ def _after_crash(job: submitit.Job, run_dir: str, cfg: SubmititConfig, exc: Exce
         "job_end", exit_code=None, outcome=decision.outcome, decision=decision.action, failures=decision.failures,
         reason=f"{decision.reason}; submitit: {type(exc).__name__}: {str(exc)[:300]}", launcher="submitit")
     return {"attempt": attempt, "exit_code": None, "decision": decision.action, "outcome": decision.outcome}
+
+
+def requeue_after_preemption(reason: str, *, rank: int, env: dict[str, str] | None = None) -> bool:
+    """For Hydra's submitit launcher, where the trainer runs inside submitit's own task: after a preempted exit
+    (checkpoint written), rank 0 requeues the Slurm job, as submitit's handler would have; the requeued job reruns
+    the same pickled task and resumes from the checkpoint. Returns whether it requeued. Does nothing under
+    pretrain.sh or this module's launcher (they requeue themselves)."""
+    env = os.environ if env is None else env
+    if (reason != "preempted" or rank != 0 or env.get("SUBMITIT_EXECUTOR") != "slurm"
+            or env.get("OLMO_TRAIN_LAUNCHER") or not env.get("SLURM_JOB_ID")):
+        return False
+    done = subprocess.run(["scontrol", "requeue", env["SLURM_JOB_ID"]], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        log.error("scontrol requeue %s failed: %s", env["SLURM_JOB_ID"], done.stderr.strip())
+    return done.returncode == 0

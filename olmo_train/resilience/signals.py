@@ -2,6 +2,7 @@
 all-reduce; then the trainer saves a checkpoint and exits with code 3 (pretrain.sh requeues on it)."""
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,19 @@ PREEMPTED_EXIT_CODE = 3
 DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
+def preemption_signals(env: dict[str, str] | None = None) -> tuple[int, ...]:
+    """USR1 and TERM, plus submitit's preemption signal (USR2, or $SUBMITIT_PREEMPT_SIGNAL) when the trainer runs
+    inside a task of Hydra's submitit launcher."""
+    env = os.environ if env is None else env
+    sigs = list(DEFAULT_SIGNALS)
+    if env.get("SUBMITIT_EXECUTOR") and not env.get("OLMO_TRAIN_LAUNCHER"):
+        extra = getattr(signal, "SIG" + env.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"),
+                        signal.SIGUSR2)
+        if extra not in sigs:
+            sigs.append(extra)
+    return tuple(sigs)
+
+
 class PreemptionHandler:
     """Records USR1/TERM and tells every rank, at the same step, whether to stop.
 
@@ -25,12 +39,12 @@ class PreemptionHandler:
     initialised process group (one process) it answers from the local flag alone. Once True it stays True.
     """
 
-    def __init__(self, check_interval: int = 10, *, signals: Iterable[int] = DEFAULT_SIGNALS,
+    def __init__(self, check_interval: int = 10, *, signals: Iterable[int] | None = None,
                  ledger: "GoodputLedger | None" = None, device: Any = None) -> None:
         if check_interval < 1:
             raise ValueError(f"check_interval={check_interval}: must be >= 1 step")
         self.check_interval = check_interval
-        self.signals = tuple(signals)
+        self.signals = preemption_signals() if signals is None else tuple(signals)
         self.ledger = ledger
         self.device = device  # where the flag tensor lives; None = cuda for NCCL, else cpu
         self.signum: int | None = None

@@ -67,3 +67,15 @@ def test_ranks_agree_when_only_one_rank_was_signalled(tmp_path):
     expected = "0,0,0,1,1,1,1,1"  # signal at step 3, first check at step 4
     assert (tmp_path / "0.txt").read_text() == expected
     assert (tmp_path / "1.txt").read_text() == expected
+
+
+@pytest.mark.parametrize("env, has_usr2", [
+    ({}, False),
+    ({"SUBMITIT_EXECUTOR": "slurm"}, True),                                     # Hydra's submitit launcher
+    ({"SUBMITIT_EXECUTOR": "slurm", "OLMO_TRAIN_LAUNCHER": "submitit"}, False),  # our launcher handles USR2 itself
+], ids=["plain", "hydra-submitit", "olmo-submitit"])
+def test_preemption_signals_under_submitit(env, has_usr2):
+    from olmo_train.resilience.signals import preemption_signals
+
+    sigs = preemption_signals(env)
+    assert signal.SIGUSR1 in sigs and signal.SIGTERM in sigs and (signal.SIGUSR2 in sigs) == has_usr2

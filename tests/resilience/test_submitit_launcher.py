@@ -85,3 +85,13 @@ def test_failed_attempt_is_resubmitted_then_gives_up(tmp_path):
     decisions = [(e["outcome"], e["decision"]) for e in read_events(run_dir) if e["event"] == "job_end"]
     assert decisions == [("failure", "requeue"), ("failure", "stop")]
     assert analyze(read_events(run_dir)).overall.interruptions == 1
+
+
+def test_requeue_after_preemption_only_for_hydra_tasks_on_slurm():
+    from olmo_train.launch.submitit_launcher import requeue_after_preemption
+
+    hydra_env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "1"}
+    assert not requeue_after_preemption("finished", rank=0, env=hydra_env)
+    assert not requeue_after_preemption("preempted", rank=1, env=hydra_env)
+    assert not requeue_after_preemption("preempted", rank=0, env={**hydra_env, "OLMO_TRAIN_LAUNCHER": "submitit"})
+    assert not requeue_after_preemption("preempted", rank=0, env={"SUBMITIT_EXECUTOR": "local"})
