@@ -28,8 +28,16 @@ def run(model, ids, doc_lens, kernels):
 
 
 @pytest.mark.parametrize("doc_lens", [None, [100, 205, 1, 306]], ids=["rows", "packed"])
-def test_fla_bf16_is_as_close_to_fp32_as_torch_bf16(doc_lens, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # an fp32 reference, not tf32
+def test_fla_bf16_is_as_close_to_fp32_as_torch_bf16(doc_lens):
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # an fp32 reference, not tf32
+    try:
+        _compare_kernels(doc_lens)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _compare_kernels(doc_lens):
     with torch.device("cuda"):
         ref_model = OlmoHybrid(gpu_config())
     bf16 = copy.deepcopy(ref_model).to(torch.bfloat16)
