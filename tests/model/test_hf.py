@@ -42,11 +42,12 @@ def hf_model_from(model: OlmoHybrid):
     return hf_model
 
 
-@pytest.mark.parametrize("name", list(CONFIGS), ids=list(CONFIGS))
-def test_logits_match_transformers(name):
+@pytest.mark.parametrize("name, seq_len", [(name, 77) for name in CONFIGS] + [("rope", 201), ("nope", 1)],
+                         ids=list(CONFIGS) + ["rope-T201", "nope-T1"])
+def test_logits_match_transformers(name, seq_len):
     model = random_model(small_config(**CONFIGS[name]))
     hf_model = hf_model_from(model)
-    ids = torch.randint(0, model.config.vocab_size, (2, 77))  # not a multiple of the chunk size (64)
+    ids = torch.randint(0, model.config.vocab_size, (2, seq_len))  # not multiples of the chunk size (64)
     with torch.no_grad():
         ours, theirs = model(ids), hf_model(ids).logits
     assert rel(ours, theirs) < 1e-5
