@@ -10,12 +10,14 @@ import torch.nn.functional as F
 
 from olmo_train.model.ops.packing import Packing
 
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)  # varlen (flash) attention refuses float32: it takes the mask path
+
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing | None, *,
                      scale: float) -> torch.Tensor:
     """q [B, T, H, D], k and v [B, T, Hkv, D] -> [B, T, H, D]; no token sees another document's tokens."""
     B, T, H, D = q.shape
-    if packing is not None and q.is_cuda and _varlen_kwargs() is not None:
+    if packing is not None and q.is_cuda and q.dtype in _FLASH_DTYPES and _varlen_kwargs() is not None:
         return _varlen(q, k, v, packing, scale).view(B, T, H, D)
     q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, T, D]
     gqa = k.shape[2] != H
