@@ -114,11 +114,13 @@ def _chunk_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tens
     chunk_decay = log_G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
     state = q.new_zeros(B, H, K, V)
     outs = []
-    for n in range(N):
+    # unbind once: indexing chunk n inside the loop would make autograd build a full-size zero tensor per chunk
+    per_chunk = zip(*(x.unbind(2) for x in (U0, W, q_G, intra, chunk_decay, k_to_end.transpose(-1, -2))))
+    for n, (u0, w, qg, a_intra, c_decay, k_end_t) in enumerate(per_chunk):
         if resets is not None and resets[n] and n > 0:
             state = torch.zeros_like(state)
-        u = U0[:, :, n] - W[:, :, n] @ state  # [B, H, C, V]
-        outs.append(q_G[:, :, n] @ state + intra[:, :, n] @ u)
-        state = state * chunk_decay[:, :, n] + k_to_end[:, :, n].transpose(-1, -2) @ u
+        u = u0 - w @ state  # [B, H, C, V]
+        outs.append(qg @ state + a_intra @ u)
+        state = state * c_decay + k_end_t @ u
     o = torch.stack(outs, dim=2)  # [B, H, N, C, V]
     return o.permute(0, 2, 3, 1, 4).reshape(B, N * chunk, H, V)[:, :T]
