@@ -90,8 +90,14 @@ class DeepSpeedBackend(Backend):
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
     def save(self, manager: Any, step: int, train: dict, *, ephemeral: bool) -> None:
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
         def write(tmp_dir: Path) -> None:
-            self.model.save_checkpoint(str(tmp_dir), tag=DS_TAG, save_latest=False)
+            # Pure data parallelism: no tensor-parallel merge patterns, only the format version that
+            # ds_to_universal requires to convert ZeRO 1/2 checkpoints (ZeRO-3 ones carry their own).
+            info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+            self.model.save_checkpoint(str(tmp_dir), tag=DS_TAG, client_state=info, save_latest=False)
 
         manager.save_with(step, write, train=train, ephemeral=ephemeral)
 

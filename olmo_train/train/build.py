@@ -112,18 +112,23 @@ def _resume(cfg: Config, backend: Backend, manager: CheckpointManager, loader: A
         from olmo_train.model import hf
 
         hf_config = hf.from_hf_config(json.loads((resume / "config.json").read_text()))
-        diff = describe_config_diff(to_plain(hf_config), to_plain(cfg.model))
+        diff = describe_config_diff(_shape_fields(hf_config), _shape_fields(cfg.model))
         if diff:
             raise CheckpointError(f"HF checkpoint {resume} is another model than model=...{diff}")
-        backend.load_full_weights(hf.from_hf_state_dict(hf.read_hf_state_dict(resume)))
+        backend.load_full_weights(hf.load_hf(resume, dtype=torch.float32).state_dict())
         return {}
     train = backend.load(manager, resume)
     loader.load_state_dict(train["data"])
     return train
 
 
-def to_plain(dc: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(dc), resolve=True)
+SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "layer_pattern", "mlp_hidden", "attn_n_heads", "attn_n_kv_heads",
+                "attn_head_dim", "gdn_n_heads", "gdn_n_v_heads", "gdn_head_k_dim", "gdn_head_v_dim", "gdn_conv_size")
+
+
+def _shape_fields(model_config: Any) -> dict:
+    """The fields that decide parameter shapes (init-only and metadata fields may differ freely)."""
+    return {name: getattr(model_config, name) for name in SHAPE_FIELDS}
 
 
 def _callbacks(cfg: Config, denv: DistEnv, run_dir: Path, run_id: str, ledger: GoodputLedger,
