@@ -118,6 +118,7 @@ class DeepSpeedBackend(Backend):
                 raise CheckpointError(f"DeepSpeed found nothing to load in {load_dir / tag}")
             for group, own in zip(self.model.optimizer.param_groups, hyper, strict=True):
                 group.update(own)
+            _unshare_adam_steps(self.model.optimizer)
 
         return manager.load_with(path, read)
 
@@ -149,5 +150,14 @@ class DeepSpeedBackend(Backend):
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=self.cfg.zero_stage == 3):
             if self.cfg.zero_stage < 3 or not dist.is_initialized() or dist.get_rank() == 0:
                 self._module.load_state_dict(state_dict, strict=True)
-        if self.cfg.zero_stage < 3:
-            self.model.optimizer.refresh_fp32_params()
+        self.model.optimizer.refresh_fp32_params()  # the optimizer's fp32 master copy follows the new weights
+
+
+def _unshare_adam_steps(zero_optimizer: Any) -> None:
+    """DeepSpeed's ZeRO-3 universal load puts one `step` tensor object into the state of every param group; torch
+    AdamW increments each group's step in place, so with two groups the shared counter advanced twice per step and
+    Adam's bias correction drifted (measured 6.6e-4 relative loss drift over 4 steps). Give each state its own."""
+    inner = getattr(zero_optimizer, "optimizer", zero_optimizer)
+    for state in inner.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()

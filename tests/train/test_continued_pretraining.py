@@ -9,7 +9,8 @@ from tests.train import launch
 pytestmark = pytest.mark.slow
 
 
-def test_hf_weights_start_a_new_run(tmp_path):
+@pytest.mark.parametrize("nproc,backend", [(0, "single"), (2, "deepspeed")], ids=["single", "zero3-2ranks"])
+def test_hf_weights_start_a_new_run(nproc, backend, tmp_path):
     model = OlmoHybrid(presets.tiny())
     with torch.no_grad():
         model.init_weights(123)
@@ -17,7 +18,8 @@ def test_hf_weights_start_a_new_run(tmp_path):
     # seed 123 from scratch and seed 0 from the HF copy of seed 123's weights see the same weights; the data order
     # is pinned with data.seed_offset so that both read the same batches.
     launch.run(tmp_path / "scratch", 0, "seed=123", "data.seed_offset=0", "trainer.max_steps=2")
-    launch.run(tmp_path / "from-hf", 0, "seed=0", "data.seed_offset=123", "trainer.max_steps=2",
+    launch.run(tmp_path / "from-hf", nproc, f"distributed={backend}", "seed=0", "data.seed_offset=123",
+               "trainer.max_steps=2",
                f"checkpoint.load_path={tmp_path / 'hf'}")
     scratch, from_hf = launch.losses(tmp_path / "scratch"), launch.losses(tmp_path / "from-hf")
     assert sorted(from_hf) == [1, 2]
