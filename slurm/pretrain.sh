@@ -69,6 +69,10 @@ requeue_or_resubmit() {   # $1: action from job-end; $2: nodes to exclude; then 
   log "requeueing"
   trap - USR1 TERM
   scontrol requeue "$SLURM_JOB_ID" && exit 0   # Slurm kills what is left of this attempt
+  restarts=$(scontrol show job "$SLURM_JOB_ID" -o | grep -o 'Restarts=[0-9]*' | cut -d= -f2)
+  if [ "${restarts:-0}" -gt "${SLURM_RESTART_COUNT:-0}" ]; then   # a node failure or preemption requeued it
+    log "Slurm has already requeued the job"; exit 0
+  fi
   log "scontrol requeue failed (JobRequeue disabled?): continuing in a new job"
   jobctl resubmit --run-dir "$run_dir" --script "$REPO/slurm/pretrain.sh" --exclude "" -- "${@:3}"
   exit $?

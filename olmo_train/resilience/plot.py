@@ -74,17 +74,45 @@ def _timeline(ax: plt.Axes, report: GoodputReport) -> None:
     ax.grid(axis="x", alpha=0.3)
 
 
-def _loss(ax: plt.Axes, run_dir: Path) -> None:
+def _attempt_of_steps(report: GoodputReport) -> list[tuple[str, int, int]]:
+    """(attempt, first step, last step) each attempt ran, in order."""
+    return [(a.name, a.spans[0].first, a.spans[-1].last) for a in report.attempts if a.spans]
+
+
+def _loss(ax: plt.Axes, run_dir: Path, report: GoodputReport) -> None:
+    """The loss curve, each point coloured by the attempt that logged it (the ledger's step ranges), with the
+    points where an attempt resumed from a checkpoint marked; redone steps overlap when the trainer logs them."""
     segments = loss_segments(run_dir / "metrics.jsonl")
+    ranges = _attempt_of_steps(report)
+    names = [r[0] for r in ranges]
     colors = plt.get_cmap("tab10")
-    for i, (steps, losses) in enumerate(segments):
-        ax.plot(steps, losses, "-", color=colors(i % 10), lw=1.5 if i else 2.5, alpha=0.85,
-                label=f"attempt {i + 1} (steps {steps[0]}-{steps[-1]})")
+    labelled: set[str] = set()
+    for steps, losses in segments:
+        groups: list[tuple[str, list[int], list[float]]] = []
+        for step, loss in zip(steps, losses):
+            owner = next((n for n, lo, hi in ranges if lo <= step <= hi), "?")
+            if not groups or groups[-1][0] != owner:
+                groups.append((owner, [], []))
+            groups[-1][1].append(step)
+            groups[-1][2].append(loss)
+        for owner, xs, ys in groups:
+            i = names.index(owner) if owner in names else len(names)
+            ax.plot(xs, ys, "-", color=colors(i % 10), lw=2, alpha=0.9,
+                    label=None if owner in labelled else f"attempt {owner}")
+            labelled.add(owner)
+    resumes: dict[int, list[str]] = {}
+    for a in report.attempts:
+        if a.loaded_step:
+            resumes.setdefault(a.loaded_step, []).append(a.name)
+    for step, who in resumes.items():
+        ax.axvline(step, color="gray", ls=":", lw=1)
+        ax.text(step, 1.0, f" {', '.join(who)} resumed", rotation=90, va="top", fontsize=7,
+                transform=ax.get_xaxis_transform())
     if not segments:
         ax.text(0.5, 0.5, "no metrics.jsonl", ha="center", transform=ax.transAxes)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("loss across attempts (redone steps overlap)", fontsize=10)
+    ax.set_title("loss across attempts (dotted: resumed from a checkpoint)", fontsize=10)
     ax.grid(alpha=0.3)
     if segments:
         ax.legend(fontsize=7)
@@ -94,7 +122,7 @@ def plot_run(run_dir: str | Path, report: GoodputReport, out: str | Path) -> Pat
     fig, (ax_time, ax_loss) = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     if report.attempts:
         _timeline(ax_time, report)
-    _loss(ax_loss, Path(run_dir))
+    _loss(ax_loss, Path(run_dir), report)
     fig.suptitle(f"goodput: {run_dir}", fontsize=10)
     fig.tight_layout()
     out = Path(out)
