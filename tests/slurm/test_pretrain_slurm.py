@@ -13,7 +13,7 @@ import pytest
 
 from olmo_train.resilience.goodput import analyze
 from olmo_train.resilience.ledger import read_events
-from tests.slurm.jobs import (TINY, last_loss_per_step, metrics, node_update, rank_process, reached_step,
+from tests.slurm.jobs import (REPO, TINY, Job, last_loss_per_step, metrics, node_update, rank_process, reached_step,
                               scheduler_times, submit, wait_restarts, watch)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -141,10 +141,26 @@ def test_failures_stop_after_max_restarts(slurm_cluster, tmp_path):
     assert decisions == ["requeue", "stop"]
 
 
+def test_outside_a_job_it_submits_itself_with_the_profile(slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # for the log file
+    env = {**slurm_cluster, "OLMO_TRAIN_ENTRY": "--no-python true", "OLMO_HEALTHCHECK_ARGS": "--min-disk-gib 1",
+           "OLMO_SBATCH_ARGS": f"--output={run_dir}/slurm.log"}
+    env.pop("SLURM_JOB_ID", None)
+    out = subprocess.run(["bash", str(REPO / "slurm" / "pretrain.sh"), "cluster=cpu", f"run.dir={run_dir}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "Submitted batch job" in out.stdout, out.stderr
+    job = Job(out.stdout.split()[-1], run_dir, env)
+    watch(job, RUN_TIMEOUT)
+    assert job.final["JobState"] == "COMPLETED" and job.final["NumNodes"] == "2"  # the cpu profile: 2 nodes
+    (start,) = [e for e in read_events(run_dir) if e["event"] == "job_start"]
+    assert start["nodes"] == ["n1", "n2"] and start["hardware"] == "cpu"
+
+
 def test_goodput_report_matches_the_scheduler(interrupted_runs):
     if len(interrupted_runs) < 4:
         pytest.skip(f"needs the four interrupted runs; only {sorted(interrupted_runs)} completed")
-    rows, recoveries = {}, []
+    rows, recoveries, deviations = {}, [], []
     for name, job in interrupted_runs.items():
         report = analyze(read_events(job.run_dir))
         assert report.recoveries, name
@@ -156,13 +172,17 @@ def test_goodput_report_matches_the_scheduler(interrupted_runs):
                 assert abs(r.failure_time - submit_time) <= 1.0, (name, r.failure_time, submit_time)
                 assert abs(r.requeue_wait_s - (start_time - submit_time)) <= 1.0, name
             recoveries.append(r)
+            deviations.append(abs(r.scheduler_start - start_time))
+            if name != "node_down":
+                deviations.append(abs(r.failure_time - submit_time))
         rows[name] = {"recovery_s": [round(r.recovery_s, 2) for r in report.recoveries],
                       **{p: round(v, 2) for p, v in report.overall.recovery_parts_median_s.items()},
                       "lost_steps": report.overall.steps_lost, "active_fraction": report.overall.active_fraction}
     median = statistics.median(r.recovery_s for r in recoveries)
+    summary = {"median_recovery_s": median, "max_deviation_from_scheduler_s": max(deviations), "runs": rows}
     out = os.environ.get("OLMO_GOODPUT_RESULTS")
     if out:
         with open(out, "w") as f:
-            json.dump({"median_recovery_s": median, "runs": rows}, f, indent=1)
-    print(json.dumps({"median_recovery_s": median, "runs": rows}, indent=1))
+            json.dump(summary, f, indent=1)
+    print(json.dumps(summary, indent=1))
     assert median < 20.0, rows
