@@ -3,6 +3,7 @@ backend, data loader, resume, callbacks. Each part is built once, here, and hand
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from olmo_train.errors import CheckpointError
 from olmo_train.logging.jsonl import read_metrics
 from olmo_train.logging.secrets import redact
 from olmo_train.logging.wandb_run import WandbRun, load_or_create_run_id, resolve_mode
+from olmo_train.resilience.faults import FAULT_ENV
 from olmo_train.resilience.ledger import GoodputLedger, attempt_id
 from olmo_train.resilience.signals import PreemptionHandler
 from olmo_train.resilience.watchdog import Watchdog
@@ -146,7 +148,10 @@ def _callbacks(cfg: Config, denv: DistEnv, run_dir: Path, run_id: str, ledger: G
         "watchdog": lambda: cb.WatchdogCallback(watchdog),
         "checkpoint": lambda: cb.CheckpointCallback(),
     }
-    return [factories[name]() for name in cfg.trainer.callbacks]
+    callbacks = [factories[name]() for name in cfg.trainer.callbacks]
+    if os.environ.get(FAULT_ENV):  # test-only faults (hang, kill, crash, preempt at a given step)
+        callbacks.insert(0, cb.FaultInjectionCallback(run_dir, rank=denv.rank))
+    return callbacks
 
 
 def write_config(run_dir: Path, cfg: Config) -> Path:

@@ -126,3 +126,16 @@ class CheckpointCallback(Callback):
         if reason == "failed":
             return  # a failed step's state is not worth keeping; the manager's pending save still commits
         trainer.manager.wait()
+
+
+class FaultInjectionCallback(Callback):
+    """Test hook: fires the fault OLMO_TRAIN_FAULT plans for this step and rank (olmo_train.resilience.faults)
+    at the start of the step. Added by the app only when that variable is set."""
+
+    def __init__(self, run_dir: Path, *, rank: int):
+        self.run_dir, self.rank = run_dir, rank
+
+    def pre_step(self, trainer: Trainer, step: int) -> None:
+        from olmo_train.resilience.faults import maybe_inject_fault
+
+        maybe_inject_fault(step, rank=self.rank, run_dir=self.run_dir)

@@ -33,3 +33,4 @@ def test_hf_weights_of_another_model_are_refused(tmp_path):
     hf.save_hf(model, tmp_path / "hf")
     out = launch.run(tmp_path / "run", 0, f"checkpoint.load_path={tmp_path / 'hf'}", expect=1)
     assert "another model" in out and "d_model" in out
+
