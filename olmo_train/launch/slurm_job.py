@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -47,9 +49,23 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return out.split()
 
 
-def master_port(job_id: str, restart: str | None) -> int:
-    """A port per job and restart in 20000-39999 (a requeued attempt does not wait for the old one's TIME_WAIT)."""
-    return 20000 + (int(job_id) * 7 + int(restart or 0)) % 20000
+def master_port(job_id: str, restart: str | None, salt: str = "") -> int:
+    """A port per job and restart in 20000-39999 (a requeued attempt does not wait for the old one's TIME_WAIT);
+    `salt` (the cluster's config path) separates clusters that share machines, like the emulated local ones."""
+    return 20000 + (int(job_id) * 7 + int(restart or 0) + zlib.crc32(salt.encode())) % 20000
+
+
+def free_port_from(port: int, tries: int = 50) -> int:
+    """The first port from `port` on that can be bound here (the batch shell runs on the first node, where
+    torchrun's rendezvous store will listen)."""
+    for candidate in range(port, port + tries):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", candidate))
+            except OSError:
+                continue
+            return candidate
+    return port
 
 
 def max_restarts(overrides: Sequence[str], run_dir: Path) -> int:
@@ -97,7 +113,8 @@ def cmd_job_start(args: argparse.Namespace) -> int:
         "job_start", scheduler_start=slurm_time(job.get("StartTime")), submit_time=slurm_time(job.get("SubmitTime")),
         restarts=int(job.get("Restarts", 0)), job_id=job_id, nodes=nodes)
     _print_vars({**values, "NPROC": nproc, "WORLD_SIZE": world,
-                 "MASTER_ADDR": addr, "MASTER_PORT": master_port(job_id, os.environ.get("SLURM_RESTART_COUNT"))})
+                 "MASTER_ADDR": addr, "MASTER_PORT": free_port_from(
+                     master_port(job_id, os.environ.get("SLURM_RESTART_COUNT"), os.environ.get("SLURM_CONF", "")))})
     return 0
 
 

@@ -24,7 +24,7 @@ import psutil
 import submitit
 
 from olmo_train.errors import ConfigError
-from olmo_train.launch.slurm_job import master_port, scontrol_show, slurm_time
+from olmo_train.launch.slurm_job import free_port_from, master_port, scontrol_show, slurm_time
 from olmo_train.resilience.ledger import GoodputLedger, read_events
 from olmo_train.resilience.requeue import decide
 
@@ -116,9 +116,12 @@ class TrainTask(submitit.helpers.Checkpointable):
         ledger.event("job_start", scheduler_start=scheduler_start, nodes=list(env.hostnames),
                      job_id=env.job_id, launcher="submitit")
         digits = "".join(c for c in env.job_id if c.isdigit()) or "0"
+        port = master_port(digits, restart, os.environ.get("SLURM_CONF", ""))
+        if env.num_nodes == 1:  # nodes would each probe differently; one node can pick a free port alone
+            port = free_port_from(port)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={env.num_nodes}",
                f"--nproc-per-node={self.cfg.procs_per_node}", f"--node-rank={env.node}", "--max-restarts=0",
-               "--rdzv-backend=static", f"--master-addr={addr}", f"--master-port={master_port(digits, restart)}",
+               "--rdzv-backend=static", f"--master-addr={addr}", f"--master-port={port}",
                "--monitor-interval=0.2", *self.cfg.entry, *self.overrides, f"run.dir={self.run_dir}"]
         child_env = {**os.environ, "OLMO_TRAIN_ATTEMPT": self._attempt, "OLMO_TRAIN_LAUNCHER": "submitit"}
         self._proc = subprocess.Popen(cmd, env=child_env, preexec_fn=_ignore_usr1, start_new_session=True)

@@ -3,7 +3,7 @@ import yaml
 
 from olmo_train.errors import ConfigError
 from olmo_train.launch.profile import load_profile
-from olmo_train.launch.slurm_job import master_port, max_restarts, resubmit_args, slurm_time
+from olmo_train.launch.slurm_job import free_port_from, master_port, max_restarts, resubmit_args, slurm_time
 
 
 def test_builtin_and_file_profiles(tmp_path):
@@ -28,7 +28,18 @@ def test_slurm_time_and_port():
     assert slurm_time("Unknown") is None and slurm_time(None) is None
     assert slurm_time("2026-11-23T13:37:22") % 60 == 22
     assert master_port("12345", None) != master_port("12345", "1")
-    assert all(20000 <= master_port(str(j), "3") < 40000 for j in range(0, 100000, 777))
+    assert master_port("2", None, "/tmp/a/slurm.conf") != master_port("2", None, "/tmp/b/slurm.conf")
+    assert all(20000 <= master_port(str(j), "3", "x") < 40000 for j in range(0, 100000, 777))
+
+
+def test_free_port_skips_a_taken_one():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        port = taken.getsockname()[1]
+        taken.listen()
+        assert free_port_from(port) != port
 
 
 def test_max_restarts_sources(tmp_path):

@@ -3,7 +3,9 @@ script (needs root and apt-get, or Slurm already installed) and stopped afterwar
 cannot be had."""
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,6 +14,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local-cluster.sh"
+
+
+def _free_port_block() -> int:
+    """A base port P with P, P+1 (slurmctld, slurmd) and P+11, P+12 (the two nodes) free: several test sessions
+    (other engineers on this machine) can each run a cluster."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        try:
+            for offset in (0, 1, 11, 12):
+                with socket.socket() as s:
+                    s.bind(("0.0.0.0", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports for the local Slurm cluster")
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +42,12 @@ def slurm_cluster():
     # munged insists that every parent of its socket is world-searchable: pytest's own tmp dirs are 0700
     root = Path(tempfile.mkdtemp(prefix="olmo-local-slurm-", dir="/tmp"))
     root.chmod(0o755)
-    env = {**os.environ, "SLURM_LOCAL_ROOT": str(root), "SLURM_LOCAL_PORT": os.environ.get("OLMO_SLURM_PORT", "7817")}
+    port = os.environ.get("OLMO_SLURM_PORT") or str(_free_port_block())
+    env = {**os.environ, "SLURM_LOCAL_ROOT": str(root), "SLURM_LOCAL_PORT": port}
     proc = subprocess.run(["bash", str(SCRIPT), "start", "2"], env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"the local Slurm cluster did not start (exit {proc.returncode}): {proc.stderr[-800:]}")
     env["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
     try:
