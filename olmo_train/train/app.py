@@ -50,6 +50,10 @@ def run(cfg: Config) -> int:
     try:
         parts = build_trainer(cfg, setup_logging=_setup_logging)
         reason = parts.trainer.fit()
+        if reason == "preempted":  # under Hydra's submitit launcher: requeue the job (elsewhere a no-op)
+            from olmo_train.launch.submitit_launcher import requeue_after_preemption
+
+            requeue_after_preemption(reason, rank=parts.trainer.rank)
         code = {"finished": 0, "preempted": 3}.get(reason, 1)
         log.info("training %s at step %d; exit code %d", reason, parts.trainer.step, code)
         return code
