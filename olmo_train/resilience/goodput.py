@@ -187,7 +187,7 @@ def _apply(a: Attempt, e: dict[str, Any]) -> None:
         a.last_progress = e["time"]
 
 
-def _kept_limits(attempts: list[Attempt]) -> list[float]:
+def kept_limits(attempts: list[Attempt]) -> list[float]:
     """For each attempt, the highest step whose result was kept: the step the next attempt that loaded a
     checkpoint resumed from (inf for the last attempt, or when no later attempt resumed)."""
     limits = []
@@ -276,7 +276,7 @@ def _summarize(attempts: list[Attempt], limits: list[float], recoveries: list[Re
 def analyze(events: Sequence[dict[str, Any]]) -> GoodputReport:
     """The goodput report of a run's ledger events (see `olmo_train.resilience.ledger.read_events`)."""
     attempts = group_attempts(events)
-    limits = _kept_limits(attempts)
+    limits = kept_limits(attempts)
     recoveries = _recoveries(attempts, limits)
     overall = _summarize(attempts, limits, recoveries)
     segments = {}

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from olmo_train.resilience.goodput import GoodputReport, _kept_limits  # noqa: E402
+from olmo_train.resilience.goodput import GoodputReport, kept_limits  # noqa: E402
 
 OUTCOME_COLORS = {"finished": "#4c72b0", "preempted": "#dd8452", "hang": "#c44e52", "failed": "#c44e52",
                   "crashed": "#c44e52", "unhealthy": "#8172b3"}
@@ -41,7 +41,7 @@ def _timeline(ax: plt.Axes, report: GoodputReport) -> None:
     attempts = report.attempts
     t0 = min(a.first_time for a in attempts)
     m = lambda t: (t - t0) / 60  # noqa: E731 - minutes since the run's first event
-    limits = _kept_limits(attempts)
+    limits = kept_limits(attempts)
     rows = {"attempts": 3, "recovery": 2, "training": 1, "checkpoints": 0}
     for i, a in enumerate(attempts):
         color = OUTCOME_COLORS.get(a.outcome, "#999999")

@@ -1,6 +1,5 @@
 """Synthetic ledgers with known answers, built event by event the way the trainer and pretrain.sh write them."""
 
-import math
 import random
 from typing import Any
 
@@ -82,7 +81,3 @@ def poisson_run(*, mtbf_s: float, interval_steps: int, step_s: float, ckpt_s: fl
         b.start(f"a{attempt}", wait=recovery_s, startup=0.0, load=0.0, loaded_step=done)
     b.end("finished")
     return b.events
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
