@@ -14,10 +14,13 @@ class WandbConfig:
     mode: str = "auto"
     """auto (online when WANDB_API_KEY is set, else offline) | online | offline | disabled."""
     project: str = "olmo-train"
+    """W&B project the run is logged to."""
     entity: str | None = None
     """W&B team or user; None = the API key's default entity."""
     group: str | None = None
+    """W&B run group (e.g. one per ablation family); None = no group."""
     tags: list[str] = field(default_factory=list)
+    """W&B tags of the run."""
 
     def __post_init__(self) -> None:
         if self.mode not in WANDB_MODES:

@@ -3,6 +3,7 @@ code of docs/interfaces.md (0 finished, 3 preempted, 1 failed, 4 hang — the wa
 
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -30,6 +31,10 @@ def to_config(cfg: DictConfig) -> Config:
         cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
         if cause is not None:
             raise cause from None
+        unknown = re.search(r"'(\w+)' object has no attribute '(\w+)'", str(exc))
+        if isinstance(exc, AttributeError) and unknown:
+            raise ConfigError(f"unknown config key {unknown.group(2)!r} in {unknown.group(1)}: a '+' override added "
+                              "a key the schema does not have; check its spelling and section") from None
         raise ConfigError(f"invalid config: {exc}") from exc
 
 

@@ -22,8 +22,11 @@ class OptimizerConfig:
     lr: float = 3e-4
     """Peak learning rate, reached at the end of warmup."""
     beta1: float = 0.9
+    """Decay rate of Adam's first moment."""
     beta2: float = 0.95
+    """Decay rate of Adam's second moment."""
     eps: float = 1e-8
+    """Added to the square root of the second moment (units of the gradient)."""
     weight_decay: float = 0.1
     """Decoupled weight decay of the decaying group; 0 disables decay everywhere."""
     decay_embeddings: bool = False

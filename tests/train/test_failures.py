@@ -27,3 +27,11 @@ def test_a_hang_is_ended_by_the_watchdog_with_code_4(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "goodput/events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events[-2:]] == ["hang", "attempt_end"], out[-2000:]
     assert events[-1]["reason"] == "hang" and events[-2]["step"] == 3  # the last step that finished
+
+
+@pytest.mark.parametrize("override,message", [("trainer.max_step=3", "max_step"), ("+trainer.foo=1", "foo"),
+                                              ("trainer.global_batch_tokens=96", "global_batch_tokens")],
+                         ids=["misspelt", "new-key", "batch"])
+def test_bad_config_exits_1_naming_the_key(override, message, tmp_path):
+    out = launch.run(tmp_path, 0, override, expect=1)
+    assert message in out and "Traceback" not in out.split("olmo-train")[-1]
