@@ -1,11 +1,12 @@
 """`olmo-goodput`: the goodput report of a run, and the checkpoint-interval planner.
 
-    olmo-goodput RUN_DIR [--json] [--plot FILE.png] [--wandb]
+    olmo-goodput RUN_DIR [--json] [--plot FILE.png] [--wandb auto|on|off]
     olmo-goodput plan --gpus 512 --failure-rate 2e-5 --checkpoint-s 10 --recovery-s 240 [--json]
 """
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,16 +106,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         plot_run(run_dir, report, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
-    if args.wandb:
-        run_id = wandb_run_id(run_dir)
-        if run_id is None:
-            print(f"olmo-goodput: --wandb: no W&B run id in {run_dir}/wandb/run_id", file=sys.stderr)
-            return 2
+    run_id = wandb_run_id(run_dir)
+    if args.wandb == "on" and run_id is None:
+        print(f"olmo-goodput: --wandb on: no W&B run id in {run_dir}/wandb/run_id", file=sys.stderr)
+        return 2
+    logged_before = run_id is not None and any((run_dir / "wandb").glob(f"*-{run_id}"))
+    if args.wandb == "on" or (args.wandb == "auto" and logged_before):
         import wandb
 
-        run = wandb.init(id=run_id, resume="allow", dir=str(run_dir))
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        run = wandb.init(id=run_id, resume="allow", dir=str(run_dir), mode=mode)
         log_to_wandb(run, report)
         run.finish()
+        print(f"goodput summary logged to W&B run {run_id} ({mode})", file=sys.stderr)
     return 0
 
 
@@ -129,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="the run directory (holds goodput/events.jsonl)")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
     parser.add_argument("--plot", metavar="FILE.png", help="timeline of attempts beside the loss curve")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log the figures to the run's W&B run (id from RUN/wandb/run_id)")
+    parser.add_argument("--wandb", choices=("auto", "on", "off"), default="auto",
+                        help="log the figures to the run's W&B run (id from RUN/wandb/run_id); auto = when the "
+                        "trainer logged to W&B in RUN (online with WANDB_API_KEY, else offline)")
     return _cmd_report(parser.parse_args(argv))
 
 

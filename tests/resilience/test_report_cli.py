@@ -49,6 +49,11 @@ def test_missing_ledger_is_a_clear_error(tmp_path, capsys):
     assert "no ledger" in capsys.readouterr().err
 
 
+def test_wandb_on_without_run_id_is_a_clear_error(run_dir, capsys):
+    assert main([str(run_dir), "--wandb", "on"]) == 2
+    assert "no W&B run id" in capsys.readouterr().err
+
+
 def test_console_script_dispatches_plan():
     out = subprocess.run([sys.executable, "-m", "olmo_train.resilience.report_cli", "plan", "--gpus", "8",
                           "--failure-rate", "1e-3", "--checkpoint-s", "5", "--recovery-s", "60", "--runs", "0"],
@@ -76,14 +81,16 @@ def test_wandb_figures(run_dir):
     assert run.summary == flat and len(run.logged[0]["goodput/recoveries"].data) == 2
 
 
-def test_wandb_offline_round_trip(run_dir, monkeypatch):
+def test_wandb_offline_round_trip(run_dir, monkeypatch, capsys):
     """--wandb resumes the run whose id the trainer keeps in RUN/wandb/run_id and writes the summary there."""
     (run_dir / "wandb").mkdir()
     (run_dir / "wandb" / "run_id").write_text("abc123def456\n")
     assert wandb_run_id(run_dir) == "abc123def456"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    assert main([str(run_dir), "--wandb"]) == 0
+    assert main([str(run_dir)]) == 0  # auto: the trainer never logged to W&B here, so neither do we
+    assert not list((run_dir / "wandb").glob("*-abc123def456"))
+    assert main([str(run_dir), "--wandb", "on"]) == 0
     from olmo_train.logging.wandb_reader import read_records, run_files
 
     (path,) = run_files(run_dir / "wandb", "abc123def456")
@@ -98,3 +105,6 @@ def test_wandb_offline_round_trip(run_dir, monkeypatch):
         time.sleep(0.2)
     assert summary["goodput/overall/interruptions"] == 2
     assert summary["goodput/cpu/recovery_median_s"] == pytest.approx(13.0)
+    capsys.readouterr()
+    assert main([str(run_dir)]) == 0  # auto: a W&B run exists in RUN now, so the report goes there again
+    assert "goodput summary logged to W&B run abc123def456 (offline)" in capsys.readouterr().err
