@@ -101,10 +101,15 @@ def test_node_marked_down_requeues_and_completes(slurm_cluster, tmp_path, interr
     interrupted_runs["node_down"] = job
 
 
-def test_hang_is_ended_by_the_watchdog_and_restarted(slurm_cluster, tmp_path, interrupted_runs):
-    job = submit(slurm_cluster, tmp_path / "run", [*TINY, "resilience.watchdog_timeout_s=15"])
-    watch(job, RUN_TIMEOUT, until=reached_step(5))
-    rank_process(job.run_dir, 1).send_signal(signal.SIGSTOP)  # rank 1 freezes; rank 0 waits in a collective
+@pytest.mark.parametrize("how", ["sigstop", "fault-hook"])
+def test_hang_is_ended_by_the_watchdog_and_restarted(slurm_cluster, tmp_path, interrupted_runs, how):
+    overrides = [*TINY, "resilience.watchdog_timeout_s=15"]
+    if how == "sigstop":  # rank 1 freezes; rank 0 waits in a collective
+        job = submit(slurm_cluster, tmp_path / "run", overrides)
+        watch(job, RUN_TIMEOUT, until=reached_step(5))
+        rank_process(job.run_dir, 1).send_signal(signal.SIGSTOP)
+    else:  # the trainer's OLMO_TRAIN_FAULT hook: rank 0 never finishes step 6 (once per run)
+        job = submit(slurm_cluster, tmp_path / "run", overrides, extra_env={"OLMO_TRAIN_FAULT": "hang@step6"})
     watch(job, RUN_TIMEOUT)
     assert_completed(job, restarts_at_least=1)
     events = read_events(job.run_dir)
@@ -113,7 +118,7 @@ def test_hang_is_ended_by_the_watchdog_and_restarted(slurm_cluster, tmp_path, in
     job_ends = [e for e in events if e["event"] == "job_end"]
     assert job_ends[0]["outcome"] == "failure" and job_ends[0]["decision"] == "requeue"
     assert "exiting with code 4" in job.log
-    interrupted_runs["hang"] = job
+    interrupted_runs[f"hang-{how}"] = job
 
 
 def test_unhealthy_node_is_excluded(slurm_cluster, tmp_path):
@@ -158,8 +163,8 @@ def test_outside_a_job_it_submits_itself_with_the_profile(slurm_cluster, tmp_pat
 
 
 def test_goodput_report_matches_the_scheduler(interrupted_runs):
-    if len(interrupted_runs) < 4:
-        pytest.skip(f"needs the four interrupted runs; only {sorted(interrupted_runs)} completed")
+    if len(interrupted_runs) < 5:
+        pytest.skip(f"needs the five interrupted runs; only {sorted(interrupted_runs)} completed")
     rows, recoveries, deviations = {}, [], []
     for name, job in interrupted_runs.items():
         report = analyze(read_events(job.run_dir))
