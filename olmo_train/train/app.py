@@ -17,7 +17,7 @@ from olmo_train.train.config import Config, register_configs
 
 log = logging.getLogger("olmo_train")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-_exit_code = 1
+_exit_code = 0  # stays 0 when Hydra answers by itself (--help, --cfg job)
 
 
 def to_config(cfg: DictConfig) -> Config:
