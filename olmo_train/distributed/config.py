@@ -10,7 +10,8 @@ AC_MODES = ("none", "full", "selective")
 
 @dataclass(kw_only=True, slots=True)
 class DistributedConfig:
-    """Settings every backend shares. `distributed=single`: one process, no sharding."""
+    """Settings every backend shares. `distributed=single`: one process, no sharding. The process group's
+    collective timeout is `resilience.collective_timeout_s`."""
 
     backend: str = "single"
     """Which backend builds the model and optimizer: single | fsdp2 | deepspeed (set by the group option)."""
@@ -20,8 +21,6 @@ class DistributedConfig:
     """Dtype of gradient reduction across ranks: float32 | bfloat16. Does nothing with one process."""
     activation_checkpointing: str = "none"
     """none | full (recompute each block) | selective (keep matmul and attention outputs, recompute the rest)."""
-    timeout_s: float = 600.0
-    """Collective timeout (s) of the process group; a rank waiting longer raises instead of hanging forever."""
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):
@@ -32,8 +31,6 @@ class DistributedConfig:
                               f"valid: {', '.join(AC_MODES)}")
         if self.backend not in ("single", "fsdp2", "deepspeed"):
             raise ConfigError(f"distributed.backend={self.backend!r}; valid: single, fsdp2, deepspeed")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"distributed.timeout_s={self.timeout_s} must be > 0")
 
 
 @dataclass(kw_only=True, slots=True)
