@@ -38,10 +38,10 @@ class WandbRun:
     """A thin wrapper that only rank 0 builds. `log` drops steps W&B already holds from an earlier attempt."""
 
     def __init__(self, cfg: WandbConfig, *, run_dir: Path, run_id: str, name: str, config: dict[str, Any],
-                 skip_through_step: int = -1):
+                 skip_through_step: int = -1, mode: str | None = None):
         import wandb  # imported here: startup cost only where W&B is used
 
-        self.mode = resolve_mode(cfg.mode)
+        self.mode = mode or resolve_mode(cfg.mode)
         self.skip_through_step = skip_through_step
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags), name=name,

@@ -135,9 +135,9 @@ def _shape_fields(model_config: Any) -> dict:
 
 def _callbacks(cfg: Config, denv: DistEnv, run_dir: Path, run_id: str, ledger: GoodputLedger,
                watchdog: Watchdog | None, logged_through: int) -> list[cb.Callback]:
-    def make_wandb() -> WandbRun:
+    def make_wandb(mode: str) -> WandbRun:
         return WandbRun(cfg.logger.wandb, run_dir=run_dir, run_id=run_id, name=cfg.run.name,
-                        config=to_container(cfg), skip_through_step=logged_through)
+                        config=to_container(cfg), skip_through_step=logged_through, mode=mode)
 
     factories = {
         "metrics": lambda: cb.MetricsCallback(run_dir / "metrics.jsonl", rank=denv.rank),

@@ -49,8 +49,16 @@ class WandbCallback(Callback):
         self.make_run, self.rank, self.mode, self.run = make_run, rank, mode, None
 
     def on_start(self, trainer: Trainer) -> None:
-        if self.rank == 0 and self.mode != "disabled":
-            self.run = self.make_run()
+        if self.rank != 0 or self.mode == "disabled":
+            return
+        try:
+            self.run = self.make_run(self.mode)
+        except Exception as exc:  # noqa: BLE001 - W&B down or unreachable must not stop training
+            if self.mode == "offline":
+                raise
+            log.error("W&B %s init failed (%s); logging offline instead (`wandb sync` uploads it later)",
+                      self.mode, exc)
+            self.run = self.make_run("offline")
 
     def post_step(self, trainer: Trainer, step: int, metrics: list[dict]) -> None:
         if self.run is not None:

@@ -57,9 +57,10 @@ class Trainer:
 
     def fit(self) -> str:
         """Trains to `trainer.max_steps` or until a callback asks to stop; returns the end reason."""
-        self._call("on_start")
-        batches = self.loader.iter_from(self.step)
+        batches = None
         try:
+            self._call("on_start")
+            batches = self.loader.iter_from(self.step)
             while self.step < self.cfg.trainer.max_steps and self.stop_reason is None:
                 step = self.step + 1
                 self._call("pre_step", step)
@@ -82,8 +83,8 @@ class Trainer:
             self._close_all("failed")
             raise
         finally:
-            if hasattr(batches, "close"):
-                batches.close()
+            if batches is not None:
+                batches.close()  # stops the prefetch thread
         reason = self.stop_reason or "finished"
         self._close_all(reason)
         return reason

@@ -40,3 +40,13 @@ def test_preempted_run_has_one_wandb_loss_per_step(tmp_path):
             data = path.read_bytes()
             for value in SECRETS.values():
                 assert value.encode() not in data, f"{value} leaked into {path}"
+
+
+def test_online_wandb_that_cannot_start_falls_back_to_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # online without a key fails at once
+    out = launch.run(tmp_path, 0, "distributed=single", "logger.wandb.mode=online", "trainer.max_steps=2")
+    assert "logging offline instead" in out
+    run_id = (tmp_path / "wandb" / "run_id").read_text().strip()
+    (path,) = run_files(tmp_path / "wandb", run_id)
+    assert wait_until_finished(path)
+    assert [row["_step"] for row in read_run_history(tmp_path / "wandb", run_id) if "loss" in row] == [1, 2]
