@@ -77,7 +77,8 @@ def build_trainer(cfg: Config, *, setup_logging: Callable[[int], None] = lambda 
         ledger.event("checkpoint_loaded", step=int(train.get("step", 0)), path=str(resume), kind=kind)
     own = resume is not None and resume.parent.resolve() == manager.dir.resolve()
     run_id = load_or_create_run_id(run_dir, train.get("wandb_run_id") if own else None) if denv.is_main else ""
-    tracker = MetricsTracker(world_size=denv.world_size, flops_per_token=backend.flops_per_token, peak_flops=cfg.cluster.peak_flops, z_loss_weight=cfg.trainer.z_loss, device=device)
+    tracker = MetricsTracker(world_size=denv.world_size, flops_per_token=backend.flops_per_token,
+                             peak_flops=cfg.cluster.peak_flops, z_loss_weight=cfg.trainer.z_loss, device=device)
     trainer = Trainer(cfg=cfg, backend=backend, loader=loader, manager=manager, tracker=tracker, device=device,
                       world_size=denv.world_size, rank=denv.rank, step=int(train.get("step", 0)),
                       tokens=int(train.get("tokens", 0)), wandb_run_id=run_id)
