@@ -84,7 +84,7 @@ def max_restarts(overrides: Sequence[str], run_dir: Path) -> int:
 def profile_vars(cluster: str, config_dir: str) -> dict[str, object]:
     p = load_profile(cluster, config_dir)
     return {"PROFILE_NODES": p.nodes, "PROFILE_GPUS_PER_NODE": p.gpus_per_node,
-            "PROFILE_PROCS_PER_NODE": p.procs_per_node, "PROFILE_HARDWARE": p.hardware,
+            "PROFILE_PROCS_PER_NODE": p.ranks_per_node, "PROFILE_HARDWARE": p.name,
             "PROFILE_TIME_LIMIT": p.time_limit or "", "PROFILE_SBATCH": " ".join(p.sbatch)}
 
 

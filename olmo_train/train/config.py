@@ -11,6 +11,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from olmo_train.checkpoint.config import CheckpointConfig
+from olmo_train.train.cluster import ClusterConfig
 from olmo_train.data.config import DataConfig
 from olmo_train.distributed.config import DeepSpeedConfig, DistributedConfig, FSDP2Config
 from olmo_train.errors import ConfigError
@@ -29,32 +30,6 @@ class RunConfig:
     """The run's name (W&B run name, default directory name)."""
     dir: str = "runs/${run.name}"
     """The run directory shared by every attempt: config, metrics, checkpoints, ledger, W&B files."""
-
-
-@dataclass(kw_only=True, slots=True)
-class ClusterConfig:
-    """The hardware a segment of the run trains on (`cluster=cpu|h100|b200`)."""
-
-    name: str = "cpu"
-    """Hardware label in the goodput ledger and W&B (one segment per label)."""
-    device: str = "cpu"
-    """cpu | cuda."""
-    gpus_per_node: int = 0
-    """Accelerators per node (0 on CPU); the Slurm script launches this many tasks per node."""
-    micro_batch_size: int = 2
-    """Sequences per rank per forward/backward, unless trainer.micro_batch_size overrides it."""
-    peak_flops: float = 1e11
-    """Peak dense bf16 FLOP/s of one device, the MFU denominator (H100 SXM 989e12, B200 2.25e15). The CPU
-    value is a nominal 1e11 so that MFU stays a comparable number, not a hardware fact."""
-    nccl_env: dict[str, str] = field(default_factory=dict)
-    """Environment variables set before the process group starts (NCCL_*, TORCH_NCCL_*); unused on CPU."""
-
-    def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"cluster.device={self.device!r}; valid: cpu, cuda")
-        if self.micro_batch_size < 1 or self.peak_flops <= 0 or self.gpus_per_node < 0:
-            raise ConfigError(f"cluster {self.name!r}: micro_batch_size={self.micro_batch_size} must be >= 1, "
-                              f"peak_flops={self.peak_flops} > 0, gpus_per_node={self.gpus_per_node} >= 0")
 
 
 @dataclass(kw_only=True, slots=True)

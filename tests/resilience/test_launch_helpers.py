@@ -6,22 +6,23 @@ from olmo_train.launch.profile import load_profile
 from olmo_train.launch.slurm_job import free_port_from, master_port, max_restarts, resubmit_args, slurm_time
 
 
-def test_builtin_and_file_profiles(tmp_path):
-    assert load_profile("h100", tmp_path).procs_per_node == 8
+def test_profiles_are_the_trainer_cluster_group(tmp_path):
     (tmp_path / "cluster").mkdir()
-    (tmp_path / "cluster" / "b200.yaml").write_text(yaml.safe_dump({"name": "b200", "gpus_per_node": 4,
-                                                                     "nodes": 128}))
+    (tmp_path / "cluster" / "b200.yaml").write_text(yaml.safe_dump({"device": "cuda", "gpus_per_node": 4,
+                                                                     "nodes": 128, "peak_flops": 2.25e15}))
     p = load_profile("b200", tmp_path)
-    assert (p.nodes, p.gpus_per_node, p.procs_per_node, p.hardware) == (128, 4, 4, "b200")
-    (tmp_path / "cluster" / "mi300.yaml").write_text(yaml.safe_dump({"gpus_per_node": 8}))
-    assert load_profile("mi300", tmp_path).hardware == "mi300"
-    with pytest.raises(ConfigError, match="cluster=nope"):
+    assert (p.nodes, p.gpus_per_node, p.ranks_per_node, p.name) == (128, 4, 4, "b200")
+    (tmp_path / "cluster" / "typo.yaml").write_text(yaml.safe_dump({"gpus_per_nod": 8}))
+    with pytest.raises(ConfigError, match="gpus_per_nod"):
+        load_profile("typo", tmp_path)
+    with pytest.raises(ConfigError, match=r"cluster=nope.*b200"):
         load_profile("nope", tmp_path)
 
 
 def test_repository_profiles_load():
-    for name in ("cpu", "h100", "b200"):
-        assert load_profile(name).hardware == name
+    shapes = {name: (p.nodes, p.ranks_per_node, p.name) for name in ("cpu", "h100", "b200")
+              for p in [load_profile(name)]}
+    assert shapes == {"cpu": (2, 1, "cpu"), "h100": (64, 8, "h100"), "b200": (64, 8, "b200")}
 
 
 def test_slurm_time_and_port():
