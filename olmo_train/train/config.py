@@ -22,6 +22,7 @@ from olmo_train.train.optim import OptimizerConfig, SchedulerConfig
 
 SCHEMA_VERSION = 1
 CALLBACKS = ("metrics", "wandb", "goodput", "preemption", "watchdog", "checkpoint")
+LOSS_IMPLS = ("chunked", "full")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -46,6 +47,11 @@ class TrainerConfig:
     """Clip the global gradient norm to this; 0 = no clipping."""
     z_loss: float = 1e-5
     """Weight of the z-loss (mean of logsumexp(logits)^2 over counted tokens); 0 = none."""
+    loss_impl: str = "chunked"
+    """How the cross-entropy + z-loss is computed: "chunked" (from the final hidden states and the LM head weight,
+    a few thousand tokens at a time, logits recomputed in backward: no [tokens, vocab] tensor, one extra head
+    matmul in backward) or "full" (logits of all tokens, then the loss: their float32 copy and its gradient cost
+    2 x tokens x vocab x 4 bytes). Both give the same loss up to rounding."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     callbacks: list[str] = field(default_factory=lambda: list(CALLBACKS))
@@ -64,6 +70,8 @@ class TrainerConfig:
                               f"{max(1, self.global_batch_tokens // self.seq_len) * self.seq_len}")
         if self.grad_clip < 0 or self.z_loss < 0:
             raise ConfigError(f"trainer.grad_clip={self.grad_clip} and trainer.z_loss={self.z_loss} must be >= 0")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ConfigError(f"trainer.loss_impl={self.loss_impl!r}; valid: {', '.join(LOSS_IMPLS)}")
         unknown = [c for c in self.callbacks if c not in CALLBACKS]
         if unknown:
             raise ConfigError(f"trainer.callbacks has unknown names {unknown}; valid: {', '.join(CALLBACKS)}")

@@ -8,6 +8,7 @@ logged as `step: N` and is checkpointed as `step<N>/`.
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch.distributed as dist
 
 from olmo_train.distributed.backend import Backend
 from olmo_train.train.config import Config
-from olmo_train.train.losses import count_tokens, lm_loss_sums
+from olmo_train.train.losses import chunked_lm_loss_sums, count_tokens, lm_loss_sums
 from olmo_train.train.metrics import MetricsTracker
 from olmo_train.train.optim import cosine_lr
 
@@ -101,14 +102,24 @@ class Trainer:
         z_total = torch.zeros((), device=self.device)
         self.backend.set_lr(lr)
         for batch in batches:
-            with self.backend.autocast():
-                logits = self.backend.model(batch.input_ids, doc_lens=batch.doc_lens)  # [mb, T, V]
-            ce_sum, z_sum = lm_loss_sums(logits, batch.labels)
+            ce_sum, z_sum = self.loss_sums(batch)
             self.backend.backward((ce_sum + self.cfg.trainer.z_loss * z_sum) * scale)
             ce_total += ce_sum.detach()
             z_total += z_sum.detach()
         grad_norm = self.backend.finish_step()
         return {"ce_sum": ce_total, "z_sum": z_total, "n_tokens": n_tokens, "grad_norm": grad_norm}
+
+    def loss_sums(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ce_sum, z_sum) of one micro-batch by `trainer.loss_impl`. The chunked loss runs inside the model's
+        call (its head), where FSDP2 and ZeRO-3 have gathered the head weight."""
+        model = self.backend.model
+        if self.cfg.trainer.loss_impl == "chunked":
+            with self.backend.autocast():
+                return model(batch.input_ids, doc_lens=batch.doc_lens,
+                             head_loss=partial(chunked_lm_loss_sums, labels=batch.labels))
+        with self.backend.autocast():
+            logits = model(batch.input_ids, doc_lens=batch.doc_lens)  # [mb, T, V]
+        return lm_loss_sums(logits, batch.labels)
 
     # ---- helpers used by callbacks -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,9 +62,28 @@ class GatedDeltaNetBlock(nn.Module):
 
 BLOCK_TYPES: dict[str, type[nn.Module]] = {"attn": AttentionBlock, "gdn": GatedDeltaNetBlock}
 
+HeadLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+"""(hidden [B, T, d_model], head weight [vocab, d_model]) -> loss tensors, e.g. a chunked cross-entropy."""
+
+
+class LMHead(nn.Linear):
+    """The output projection. Given `head_loss`, returns `head_loss(x, self.weight)` instead of the logits.
+
+    The loss runs inside this module's own call on purpose: FSDP2 (the root unit that holds the head) and
+    DeepSpeed ZeRO-3 (a hook per module) gather the head weight around a module's forward and again before the
+    backward of its outputs, so a loss that reads the weight directly stays correct under every backend.
+    """
+
+    def forward(self, x: torch.Tensor, head_loss: HeadLoss | None = None):
+        if head_loss is None:
+            return super().forward(x)  # [..., vocab]
+        return head_loss(x, self.weight)
+
 
 class OlmoHybrid(nn.Module):
-    """`model(input_ids [B, T], doc_lens=None) -> logits [B, T, vocab]` in the parameters' dtype.
+    """`model(input_ids [B, T], doc_lens=None) -> logits [B, T, vocab]` in the parameters' dtype;
+    `model(input_ids, doc_lens, head_loss=fn) -> fn(hidden [B, T, d_model], lm_head.weight)` (a loss that never
+    forms the logits of all tokens; see `LMHead`).
 
     Built on the meta device (`with torch.device("meta"): OlmoHybrid(cfg)`) nothing is allocated; call
     `to_empty(device=...)` (or shard first) and then `init_weights(seed)`. Built elsewhere it is initialised
@@ -76,7 +96,7 @@ class OlmoHybrid(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(BLOCK_TYPES[kind](config) for kind in config.block_kinds)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.d_model, config.vocab_size, bias=False)
         if not self.lm_head.weight.is_meta:
             self.init_weights(0)
 
@@ -96,8 +116,11 @@ class OlmoHybrid(nn.Module):
             x = block(x, ctx)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, doc_lens: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, doc_lens))  # [B, T, vocab]
+    def forward(self, input_ids: torch.Tensor, doc_lens: torch.Tensor | None = None,
+                head_loss: HeadLoss | None = None):
+        """Logits [B, T, vocab], or what `head_loss(hidden, lm_head.weight)` returns. Passed through the call
+        (not a separate method) so that FSDP2's and DeepSpeed's forward hooks wrap the loss too."""
+        return self.lm_head(self.hidden_states(input_ids, doc_lens), head_loss)
 
     def num_params(self, include_embedding: bool = True) -> int:
         """Parameter count (full tensors, also when sharded); the LM head always counts."""

@@ -1,0 +1,628 @@
+"""Training throughput on one device: the real step (FSDP2 wrap, optimizer, data loader, Trainer.train_step) of
+OLMo Hybrid at 7B width, each speed lever on its own, and the transformers peer on the same shapes.
+
+GPU machine (the planned series, one process, <= 9 minutes):
+    source .device/setup.sh && PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py --suite
+One configuration:
+    ... python3 benchmarks/train_throughput.py --preset olmo_hybrid_7b --layers 4 --seq 8192 --ac none --loss full
+CPU (every code path, tiny sizes; GPU-only levers say 'skipped on cpu'):
+    .venv/bin/python benchmarks/train_throughput.py --device cpu --preset tiny --suite
+
+Every number is printed and written to $OUT/train_throughput.json (or --json) as it is measured, so a run cut off
+by a time limit keeps what it had. Tokens/s and MFU are per GPU; MFU = tokens/s x `model.flops_per_token(seq)` /
+989e12 (H100 dense bf16); the same formula for the peer. The 32-layer line extrapolates from two depths:
+t(L) = fixed + L/4 x per_group, per_group = t(8) - t(4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from olmo_train.model import OlmoHybridConfig, presets  # noqa: E402
+
+PEAK_FLOPS = 989e12  # H100 SXM dense bf16: the MFU denominator
+MATMUL_FLOPS = 790e12  # measured bf16 matmul 8192^3 on the device (DESIGN.md): the FLOP floor
+HBM_BYTES_PER_S = 3e12  # H100 HBM3, rounded down from 3.35 TB/s: the byte floor
+RESULTS: dict[str, object] = {}
+JSON_PATH: list[Path] = []
+
+
+def log(key: str, value: object) -> None:
+    """Prints one number and rewrites the JSON file at once."""
+    RESULTS[key] = value
+    print(f"{key}: {value}", flush=True)
+    if JSON_PATH:
+        JSON_PATH[0].write_text(json.dumps(RESULTS, indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration to measure; every field but `name` is a lever."""
+
+    name: str
+    layers: int = 4
+    compile: bool = True
+    ac: str = "selective"  # the 7B recipe (configs/experiment/olmo_hybrid_7b.yaml)
+    loss: str = "chunked"
+    fused_adamw: bool = False
+    attn: str = "varlen"  # real data has documents: varlen flash attention on CUDA
+    norm: str = "ours"
+    gdn_l2norm: str = "kernel"
+    peer: bool = False
+
+    def gpu_only(self) -> str | None:
+        """Why this run cannot run on the CPU, or None."""
+        if self.attn in ("flash", "cudnn", "efficient"):
+            return f"attn={self.attn} is a CUDA SDPA backend"
+        if self.norm == "fla" or self.gdn_l2norm != "kernel":
+            return "fla kernels need CUDA"
+        return None
+
+
+# ---- the model side: levers that patch a kernel for the duration of one run ---------------------------------
+
+@contextlib.contextmanager
+def norm_impl(kind: str) -> Iterator[None]:
+    """'ours' (float32 torch ops; fused by compile), 'torch' (F.rms_norm), 'fla' (fla's Triton RMSNorm and
+    fused gated RMSNorm). Patches the classes, so it must wrap the model's build and its steps."""
+    from olmo_train.model.common.norm import GatedRMSNorm, RMSNorm
+
+    saved = RMSNorm.forward, GatedRMSNorm.forward
+    if kind == "torch":
+        RMSNorm.forward = lambda self, x: torch.nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        GatedRMSNorm.forward = lambda self, x, gate: (torch.nn.functional.rms_norm(
+            x, (x.shape[-1],), self.weight, self.eps) * torch.nn.functional.silu(gate)).to(x.dtype)
+    elif kind == "fla":
+        from fla.modules.norm.fused_norm_gate import rms_norm_gated
+        from fla.modules.norm.layernorm import rms_norm
+
+        plain, gated = torch.compiler.disable(rms_norm), torch.compiler.disable(rms_norm_gated)  # as fla_shim
+        RMSNorm.forward = lambda self, x: plain(x, self.weight, None, eps=self.eps)
+        GatedRMSNorm.forward = lambda self, x, gate: gated(x, gate, self.weight, None, activation="swish",
+                                                           eps=self.eps)
+    try:
+        yield
+    finally:
+        RMSNorm.forward, GatedRMSNorm.forward = saved
+
+
+@contextlib.contextmanager
+def gdn_l2norm(where: str) -> Iterator[None]:
+    """'kernel': q, k L2-normalised inside fla's chunk kernel (ours); 'separate': fla's l2norm kernel first."""
+    from olmo_train.model.ops import fla_shim
+
+    saved = fla_shim.chunk_gated_delta_rule
+    if where == "separate":
+        from fla.modules.l2norm import l2norm
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        def separate(q, k, v, g, beta, *, cu_seqlens, cu_seqlens_cpu):
+            o, _ = chunk_gated_delta_rule(l2norm(q), l2norm(k), v, g, beta, use_qk_l2norm_in_kernel=False,
+                                          cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
+            return o
+
+        fla_shim.chunk_gated_delta_rule = separate
+    try:
+        yield
+    finally:
+        fla_shim.chunk_gated_delta_rule = saved
+
+
+def sdpa_backend(attn: str) -> contextlib.AbstractContextManager:
+    """Forces one SDPA backend for 'flash' | 'cudnn' | 'efficient'; otherwise SDPA chooses."""
+    if attn not in ("flash", "cudnn", "efficient"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[attn])
+
+
+class InitCache:
+    """Replaces `OlmoHybrid.init_weights` during the benchmark: each parameter is drawn once (the real per-name
+    initialiser, ~11 s per 1.6 B values on the CPU) and copied from a host cache into every later model. Valid
+    for one process (each local shard is the whole tensor)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+
+    def init_weights(self, model: torch.nn.Module, seed: int) -> None:
+        from olmo_train.model.common.init import default_spec, init_parameter
+
+        for module_name, module in model.named_modules():
+            for local_name, param in module.named_parameters(recurse=False):
+                name = f"{module_name}.{local_name}" if module_name else local_name
+                local = param.to_local() if hasattr(param, "to_local") else param
+                key = f"{seed}:{name}:{tuple(local.shape)}"
+                if key in self.values:
+                    local.copy_(self.values[key])
+                else:
+                    init_parameter(param, default_spec(module, local_name, model.config.init_std), seed, name)
+                    self.values[key] = local.detach().to("cpu", copy=True)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from olmo_train.model import OlmoHybrid
+
+        saved = OlmoHybrid.init_weights
+        OlmoHybrid.init_weights = lambda model, seed: self.init_weights(model, seed)
+        try:
+            yield
+        finally:
+            OlmoHybrid.init_weights = saved
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+
+def synthetic_tokens(path: Path, *, vocab: int, eos: int, n_tokens: int, mean_doc: int, seed: int = 0) -> Path:
+    """A raw uint32 token file: uniform random ids with an EOS closing documents of geometric length."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, n_tokens, dtype=np.uint32)
+    tokens[tokens == eos] = 1
+    ends = np.cumsum(rng.geometric(1.0 / mean_doc, size=n_tokens // max(1, mean_doc // 2) + 1))
+    tokens[ends[ends < n_tokens]] = eos
+    tokens.tofile(path)
+    return path
+
+
+# ---- ours: the trainer's own step ---------------------------------------------------------------------------
+
+def model_config(args: argparse.Namespace, layers: int) -> OlmoHybridConfig:
+    cfg = presets.get(args.preset)
+    return replace(cfg, n_layers=layers) if layers != cfg.n_layers else cfg
+
+
+def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_file: Path) -> tuple[Callable, dict]:
+    """Builds backend + loader + Trainer exactly as `olmo-train` does (FSDP2, one rank); returns (step, info)."""
+    from olmo_train.data import DataConfig, build_train_loader
+    from olmo_train.distributed.backend import BuildSpec, build_backend
+    from olmo_train.distributed.config import FSDP2Config
+    from olmo_train.train.config import ClusterConfig, Config, TrainerConfig
+    from olmo_train.train.metrics import MetricsTracker
+    from olmo_train.train.optim import param_groups
+    from olmo_train.train.trainer import Trainer
+
+    mcfg = model_config(args, run.layers)
+    tokens = args.micro_batch * args.seq
+    tcfg = TrainerConfig(max_steps=10**6, global_batch_tokens=tokens, seq_len=args.seq,
+                         micro_batch_size=args.micro_batch, loss_impl=run.loss)
+    dcfg = FSDP2Config(param_dtype="bfloat16", reduce_dtype="float32", activation_checkpointing=run.ac,
+                       compile=run.compile)
+    cfg = Config(model=mcfg, trainer=tcfg, distributed=dcfg,
+                 cluster=ClusterConfig(name=device.type, device=device.type, peak_flops=PEAK_FLOPS))
+    backend = build_backend(dcfg, BuildSpec(
+        model_config=mcfg, optimizer=tcfg.optimizer, grad_clip=tcfg.grad_clip, seed=0, device=device, world_size=1,
+        micro_batch_size=args.micro_batch, accum_steps=1, seq_len=args.seq))
+    if run.fused_adamw:
+        o = tcfg.optimizer
+        backend.optimizer = torch.optim.AdamW(param_groups(backend.model, o), lr=o.lr, betas=(o.beta1, o.beta2),
+                                              eps=o.eps, weight_decay=o.weight_decay, fused=True)
+    data = DataConfig(sources=[str(token_file)], dtype="uint32", eos_token_id=mcfg.eos_token_id or 0,
+                      document_mask=run.attn == "varlen", cache_dir=str(token_file.parent / "cache"))
+    loader = build_train_loader(data, seq_len=args.seq, global_batch_size=args.micro_batch,
+                                micro_batch_size=args.micro_batch, rank=0, world_size=1, seed=0, device=device,
+                                vocab_size=mcfg.vocab_size)
+    tracker = MetricsTracker(world_size=1, flops_per_token=backend.flops_per_token, peak_flops=PEAK_FLOPS,
+                             z_loss_weight=tcfg.z_loss, device=device)
+    trainer = Trainer(cfg=cfg, backend=backend, loader=loader, manager=None, tracker=tracker, device=device,
+                      world_size=1, rank=0)
+    batches = loader.iter_from(0)
+    lr = tcfg.optimizer.lr
+
+    def step() -> torch.Tensor:
+        _, micro_batches = next(batches)
+        sums = trainer.train_step(micro_batches, lr)
+        return sums["ce_sum"] / sums["n_tokens"]  # mean cross-entropy (no host sync)
+
+    step.close = batches.close  # type: ignore[attr-defined]
+    return step, {"params": backend.num_params, "flops_per_token": backend.flops_per_token, "tokens": tokens}
+
+
+# ---- the peer: transformers' OlmoHybridForCausalLM, plain fused AdamW, bf16 autocast -----------------------
+
+def peer_kernels() -> dict[str, str]:
+    """Where transformers' olmo_hybrid takes its GDN and conv kernels from (fla / causal_conv1d / torch)."""
+    import transformers.models.olmo_hybrid.modeling_olmo_hybrid as hf_mod
+
+    found = {}
+    for name in ("chunk_gated_delta_rule", "causal_conv1d_fn"):
+        fn = getattr(hf_mod, name, None)
+        cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if callable(c.cell_contents)]
+        impls = {f"{getattr(c, '__module__', '?')}.{getattr(c, '__name__', '?')}" for c in cells}
+        found[name] = ", ".join(sorted(impls)) or "unknown (see transformers' fallback warnings above)"
+    return found
+
+
+def build_peer(run: Run, args: argparse.Namespace, device: torch.device, token_file: Path) -> tuple[Callable, dict]:
+    """Same shapes as ours (olmo_train.model.hf maps the config); the data are the same token file's rows."""
+    from transformers import OlmoHybridConfig as HFConfig
+    from transformers import OlmoHybridForCausalLM
+
+    from olmo_train.model import hf
+
+    hf_cfg = HFConfig.from_dict(hf.to_hf_config(model_config(args, run.layers)))
+    hf_cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = OlmoHybridForCausalLM(hf_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
+    rows = np.fromfile(token_file, dtype=np.uint32)
+    tokens = args.micro_batch * args.seq
+    state = {"at": 0}
+
+    def step() -> torch.Tensor:
+        start = state["at"] % (len(rows) - tokens)
+        state["at"] += tokens
+        ids = torch.from_numpy(rows[start:start + tokens].astype(np.int64)).view(args.micro_batch, args.seq)
+        ids = ids.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    n = sum(p.numel() for p in model.parameters())
+    emb = model.model.embed_tokens.weight.numel()
+    n_attn = sum(kind == "full_attention" for kind in hf_cfg.layer_types)
+    flops = 6 * (n - emb) + 6 * n_attn * hf_cfg.num_attention_heads * hf_cfg.head_dim * args.seq
+    log(f"{run.name}.kernels", peer_kernels())
+    return step, {"params": n, "flops_per_token": float(flops), "tokens": tokens}
+
+
+# ---- timing and profiling -----------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Callable, device: torch.device, iters: int) -> tuple[list[float], float]:
+    """(seconds per step, wall seconds per step). On the GPU an event is recorded between steps and the host
+    synchronises only at the end, so the CPU may run ahead as in training."""
+    sync(device)
+    t0 = time.perf_counter()
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            t1 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t1)
+        return times, (time.perf_counter() - t0) / iters
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+    events[0].record()
+    for i in range(iters):
+        step()
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / iters
+    return [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])], wall
+
+
+CATEGORIES = (  # first match wins; kernel (GPU) or op (CPU) names, lower case
+    ("comm", ("nccl", "all_gather", "reduce_scatter", "allreduce", "all_reduce")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("gdn", ("gated_delta", "chunk_", "tilelang", "wy_", "fwd_h", "bwd_dh", "recompute_w", "solve_tril", "kkt",
+             "cumsum", "l2norm")),
+    ("conv", ("conv",)),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "_amp_")),
+    ("loss", ("logsumexp", "log_softmax", "softmax", "nll", "cross_entropy", "scatter", "gather")),
+    ("norm", ("norm", "rsqrt")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "sm90", "xmma", "aten::mm", "aten::addmm", "aten::bmm", "matmul",
+                "linear")),
+    ("copy/cast", ("copy", "cast", "to_copy", "fill", "cat", "memcpy", "memset")),
+)
+
+
+def categorise(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "elementwise/other")
+
+
+def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dict:
+    """Per-op breakdown of `n` steps: self time per kernel (GPU) or op (CPU), top entries and categories."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    events = prof.key_averages()
+    if device.type == "cuda":
+        rows = [(e.key, e.self_device_time_total, e.count) for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        rows = [(e.key, e.self_cpu_time_total, e.count) for e in events]
+    rows = [r for r in rows if r[1] > 0]
+    total = sum(r[1] for r in rows) or 1.0
+    rows.sort(key=lambda r: -r[1])
+    cats: dict[str, float] = {}
+    for name, us, _ in rows:
+        cats[categorise(name)] = cats.get(categorise(name), 0.0) + us
+    return {
+        "ms_per_step_profiled": round(total / n / 1e3, 2),
+        "categories_pct": {k: round(100 * v / total, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "top": [{"op": name[:90], "ms_per_step": round(us / n / 1e3, 3), "pct": round(100 * us / total, 1),
+                 "calls_per_step": count // n} for name, us, count in rows[:top]],
+    }
+
+
+def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file: Path, cache: InitCache,
+            profile: bool) -> None:
+    """Builds, warms up, times and (optionally) profiles one run; logs every number under `run.name`."""
+    skip = run.gpu_only() if device.type == "cpu" else None
+    if skip:
+        log(f"{run.name}.skipped", f"skipped on cpu ({skip})")
+        return
+    log(f"{run.name}.levers", {k: v for k, v in asdict(run).items() if k != "name"})
+    step = None
+    with norm_impl(run.norm), gdn_l2norm(run.gdn_l2norm), sdpa_backend(run.attn), cache.installed():
+        try:
+            t0 = time.perf_counter()
+            step, info = (build_peer if run.peer else build_ours)(run, args, device, token_file)
+            log(f"{run.name}.build_s", round(time.perf_counter() - t0, 1))
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            sync(device)
+            log(f"{run.name}.warmup_s", round(time.perf_counter() - t0, 1))
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times, wall = time_steps(step, device, args.iters)
+            report(run, info, times, device)
+            log(f"{run.name}.wall_ms_per_step", round(wall * 1e3, 2))
+            log(f"{run.name}.loss_after", round(float(step()), 4))  # ln(vocab) at the start: a sanity check
+            if profile:
+                log(f"{run.name}.profile", profile_steps(step, device, n=2, top=args.top_ops))
+        finally:
+            if step is not None and hasattr(step, "close"):
+                step.close()
+            del step
+            release(device)
+
+
+def report(run: Run, info: dict, times: list[float], device: torch.device) -> None:
+    dt = statistics.median(times)
+    tps = info["tokens"] / dt
+    log(f"{run.name}.params", info["params"])
+    log(f"{run.name}.step_ms", {"median": round(dt * 1e3, 2), "min": round(min(times) * 1e3, 2),
+                                "max": round(max(times) * 1e3, 2), "steps": len(times)})
+    log(f"{run.name}.tokens_per_s", round(tps))
+    log(f"{run.name}.mfu", round(tps * info["flops_per_token"] / PEAK_FLOPS, 4))
+    if device.type == "cuda":
+        log(f"{run.name}.peak_mem_gib", round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        log(f"{run.name}.peak_reserved_gib", round(torch.cuda.max_memory_reserved() / 2**30, 2))
+
+
+def release(device: torch.device) -> None:
+    """Frees the previous run's model and compiled graphs (dynamo's cache would otherwise fill with old
+    modules and fall back to eager)."""
+    torch.compiler.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- floors and extrapolation -------------------------------------------------------------------------------
+
+def activation_elems_per_token(cfg: OlmoHybridConfig, kind: str) -> int:
+    """Elements per token of the main tensors one block produces in forward (inputs of the next op)."""
+    d = cfg.d_model
+    mlp = 3 * cfg.mlp_hidden + 4 * d  # MLP: gate, up, act*up; norm, residual, down, input
+    if kind == "gdn":
+        key, value = cfg.gdn_n_heads * cfg.gdn_head_k_dim, cfg.gdn_n_v_heads * cfg.gdn_head_v_dim
+        mixer = 2 * (2 * key + value) + 2 * cfg.gdn_n_v_heads + 4 * value + 2 * d  # proj, conv, a/b, gate/o/norm
+    else:
+        width = cfg.attn_n_heads * cfg.attn_head_dim
+        mixer = 8 * width + 3 * d  # q/k/v, qk-norm, rope, output; o_proj, norm, residual
+    return mixer + mlp
+
+
+def floors(cfg: OlmoHybridConfig, tokens: int, seq: int) -> dict[str, float]:
+    """Lower bounds on one step's time from FLOPs (at the measured matmul rate) and from HBM bytes.
+
+    Bytes: 46 per parameter (bf16 copy of the fp32 weight 6; weight read in forward and backward 4; bf16 gradient
+    written and taken to fp32 8; fused AdamW reads weight, gradient, two moments and writes three 28); 14 x vocab
+    per token for the head (bf16 logits written and read in forward and again when recomputed, their gradient
+    written and read twice); every block activation written and read in forward, and its gradient and the saved
+    value read/written in backward (5 passes of 2 bytes).
+    """
+    from olmo_train.model import OlmoHybrid
+
+    with torch.device("meta"):
+        model = OlmoHybrid(cfg)
+    flops = model.flops_per_token(seq) * tokens
+    recompute = 2 * cfg.d_model * cfg.vocab_size * tokens  # the chunked loss's second head matmul
+    acts = sum(activation_elems_per_token(cfg, kind) for kind in cfg.block_kinds) * tokens * 2 * 5
+    weights = 46 * model.num_params()
+    head = 14 * cfg.vocab_size * tokens
+    return {"model_tflop": round(flops / 1e12, 2), "loss_recompute_tflop": round(recompute / 1e12, 2),
+            "flop_floor_ms": round(flops / MATMUL_FLOPS * 1e3, 1),
+            "flop_floor_with_recompute_ms": round((flops + recompute) / MATMUL_FLOPS * 1e3, 1),
+            "bytes_gb": {"weights_optimizer": round(weights / 1e9, 1), "head_logits": round(head / 1e9, 1),
+                         "activations": round(acts / 1e9, 1)},
+            "byte_floor_ms": round((weights + head + acts) / HBM_BYTES_PER_S * 1e3, 1)}
+
+
+def extrapolate(args: argparse.Namespace, short: str, long: str) -> None:
+    """Step time at 32 layers from the 4- and 8-layer runs (same levers): the per-group cost is the difference."""
+    t4, t8 = (RESULTS.get(f"{name}.step_ms", {}).get("median") for name in (short, long))
+    if not (t4 and t8):
+        log("extrapolation.skipped", f"needs both {short} and {long}")
+        return
+    per_group = t8 - t4
+    t32 = t4 + 7 * per_group
+    tokens = args.micro_batch * args.seq
+    flops = floors(model_config(args, 32), tokens, args.seq)["model_tflop"] * 1e12
+    log("extrapolation.32_layers", {"per_group_ms": round(per_group, 2), "fixed_ms": round(t4 - per_group, 2),
+                                    "step_ms": round(t32, 1), "tokens_per_s": round(tokens / t32 * 1e3),
+                                    "mfu": round(flops / (t32 / 1e3) / PEAK_FLOPS, 4),
+                                    "note": "one GPU's compute only: no FSDP communication, memory not checked"})
+
+
+# ---- the suite ----------------------------------------------------------------------------------------------
+
+def suite_runs() -> list[Run]:
+    """The planned series, most important first (the time budget cuts from the end): ours, the peer, the depth
+    for the extrapolation, then each lever alone against ours."""
+    base = Run("ours")
+    return [
+        base,
+        Run("peer", peer=True, compile=False, ac="none", loss="full", fused_adamw=True, attn="sdpa"),
+        replace(base, name="ours_8l", layers=8),
+        replace(base, name="loss_full", loss="full"),
+        replace(base, name="no_compile", compile=False),
+        replace(base, name="fused_adamw", fused_adamw=True),
+        replace(base, name="ac_none", ac="none"),
+        replace(base, name="attn_sdpa_rows", attn="sdpa"),
+        replace(base, name="norm_fla", norm="fla"),
+        replace(base, name="gdn_l2norm_separate", gdn_l2norm="separate"),
+        replace(base, name="ac_full", ac="full"),
+        replace(base, name="attn_cudnn_rows", attn="cudnn"),
+        replace(base, name="norm_torch", norm="torch"),
+    ]
+
+
+def single_run(args: argparse.Namespace) -> Run:
+    return Run("run", layers=args.layers, compile=args.compile == "on", ac=args.ac, loss=args.loss,
+               fused_adamw=args.fused_adamw, attn=args.attn, norm=args.norm, gdn_l2norm=args.gdn_l2norm,
+               peer=args.peer)
+
+
+def summary_table() -> None:
+    names = [k[: -len(".tokens_per_s")] for k in RESULTS if k.endswith(".tokens_per_s")]
+    base = RESULTS.get("ours.tokens_per_s")
+    print(f"\n{'run':<22}{'step ms':>10}{'tokens/s':>11}{'MFU':>8}{'peak GiB':>10}{'vs ours':>9}")
+    for name in names:
+        tps = RESULTS[f"{name}.tokens_per_s"]
+        ratio = f"{tps / base:.2f}x" if base else "-"
+        print(f"{name:<22}{RESULTS[f'{name}.step_ms']['median']:>10.1f}{tps:>11,}{RESULTS[f'{name}.mfu']:>8.3f}"
+              f"{RESULTS.get(f'{name}.peak_mem_gib', '-'):>10}{ratio:>9}")
+    for key in [k for k in RESULTS if k.endswith(".skipped") or k.endswith(".error")]:
+        print(f"{key}: {str(RESULTS[key]).splitlines()[-1]}")
+    profiled = next((name for name in ("ours", "run") if f"{name}.profile" in RESULTS), None)
+    if profiled:
+        prof = RESULTS[f"{profiled}.profile"]
+        print(f"{profiled}, profiled ({prof['ms_per_step_profiled']} ms of kernels per step): {prof['categories_pct']}")
+        for row in prof["top"][:12]:
+            print(f"  {row['pct']:5.1f}%  {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<5} {row['op']}")
+    if "extrapolation.32_layers" in RESULTS:
+        print(f"32 layers (extrapolated): {RESULTS['extrapolation.32_layers']}")
+
+
+def init_process_group(device: torch.device) -> None:
+    """One rank: FSDP2 needs a process group and a mesh even alone."""
+    if device.type == "cuda":
+        torch.cuda.set_device(0)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def environment(device: torch.device) -> None:
+    log("torch", torch.__version__)
+    log("device", torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
+    for pkg in ("fla", "triton", "tilelang", "transformers"):
+        try:
+            log(pkg, getattr(__import__(pkg), "__version__", "?"))
+        except Exception as exc:  # noqa: BLE001 - report any import failure
+            log(pkg, f"missing ({type(exc).__name__})")
+    from olmo_train.model import ops
+    from olmo_train.model.ops.attention import _varlen_kwargs
+
+    log("ours.kernels", {"gdn_conv": ops.kernels_for(device), "documents_attention": "varlen_attn" if (
+        device.type == "cuda" and _varlen_kwargs()) else "SDPA with a block-diagonal mask"})
+    log("env.FLA", {k: v for k, v in os.environ.items() if k.startswith("FLA_")})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--preset", default=None, help="model preset (default olmo_hybrid_7b on cuda, tiny on cpu)")
+    ap.add_argument("--layers", type=int, default=4, help="depth of the single run (a multiple of 4)")
+    ap.add_argument("--seq", type=int, default=None, help="sequence length (default 8192 on cuda, 256 on cpu)")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--compile", default="on", choices=("on", "off"), help="per-block torch.compile")
+    ap.add_argument("--ac", default="selective", choices=("none", "full", "selective"))
+    ap.add_argument("--loss", default="chunked", choices=("chunked", "full"))
+    ap.add_argument("--fused-adamw", action="store_true")
+    ap.add_argument("--attn", default="varlen", choices=("varlen", "sdpa", "flash", "cudnn", "efficient"),
+                    help="varlen: documents (varlen flash on CUDA); the others: whole rows through SDPA")
+    ap.add_argument("--norm", default="ours", choices=("ours", "torch", "fla"))
+    ap.add_argument("--gdn-l2norm", default="kernel", choices=("kernel", "separate"))
+    ap.add_argument("--peer", action="store_true", help="transformers' OlmoHybridForCausalLM instead of ours")
+    ap.add_argument("--suite", action="store_true", help="the planned series (ignores the lever flags)")
+    ap.add_argument("--runs", default="", help="suite: only these runs (comma list of names, e.g. ac_full,norm_torch)")
+    ap.add_argument("--budget-s", type=float, default=440.0, help="suite: start no run after this many seconds")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--top-ops", type=int, default=25)
+    ap.add_argument("--mean-doc", type=int, default=3000, help="mean document length of the synthetic data")
+    ap.add_argument("--json", default=None, help="output file (default $OUT/train_throughput.json)")
+    args = ap.parse_args(argv)
+    cpu = args.device == "cpu"
+    args.preset = args.preset or ("tiny" if cpu else "olmo_hybrid_7b")
+    args.seq = args.seq or (256 if cpu else 8192)
+    if cpu:
+        args.warmup, args.iters = min(args.warmup, 2), min(args.iters, 3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    JSON_PATH.append(Path(args.json or os.path.join(os.environ.get("OUT", "."), "train_throughput.json")))
+    start = time.perf_counter()
+    environment(device)
+    log("shape", {"preset": args.preset, "seq": args.seq, "micro_batch": args.micro_batch})
+    log("floors.4_layers", floors(model_config(args, 4), args.micro_batch * args.seq, args.seq))
+    init_process_group(device)
+    cache = InitCache()
+    runs = suite_runs() if args.suite else [single_run(args)]
+    if args.suite and args.runs:
+        wanted = set(args.runs.split(","))
+        runs = [run for run in runs if run.name in wanted]
+        if not runs:
+            raise SystemExit(f"--runs {args.runs}: no such run; valid: {[r.name for r in suite_runs()]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = model_config(args, 4)
+        token_file = synthetic_tokens(Path(tmp) / "tokens.bin", vocab=cfg.vocab_size, eos=cfg.eos_token_id or 0,
+                                      n_tokens=max(4_000_000, 40 * args.micro_batch * args.seq),
+                                      mean_doc=args.mean_doc)
+        for run in runs:
+            elapsed = time.perf_counter() - start
+            if args.suite and elapsed > args.budget_s:
+                log(f"{run.name}.skipped", f"time budget: {elapsed:.0f} s > --budget-s {args.budget_s:.0f}")
+                continue
+            print(f"\n== {run.name} ({elapsed:.0f} s)", flush=True)
+            try:
+                measure(run, args, device, token_file, cache, profile=run.name in ("ours", "run"))
+            except Exception:  # one device call must report every run it can
+                log(f"{run.name}.error", traceback.format_exc(limit=8))
+    if args.suite:
+        extrapolate(args, "ours", "ours_8l")
+    log("total_s", round(time.perf_counter() - start, 1))
+    summary_table()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
