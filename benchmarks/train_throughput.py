@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -61,7 +62,8 @@ class Run:
     layers: int = 4
     compile: bool = True
     ac: str = "selective"  # the 7B recipe (configs/experiment/olmo_hybrid_7b.yaml)
-    loss: str = "chunked"
+    loss: str = "chunked"  # chunked | full | fla (fla's fused linear cross-entropy: no z-loss, benchmark only)
+    loss_chunk: int = 4096
     fused_adamw: bool = False
     attn: str = "varlen"  # real data has documents: varlen flash attention on CUDA
     norm: str = "ours"
@@ -72,7 +74,7 @@ class Run:
         """Why this run cannot run on the CPU, or None."""
         if self.attn in ("flash", "cudnn", "efficient"):
             return f"attn={self.attn} is a CUDA SDPA backend"
-        if self.norm == "fla" or self.gdn_l2norm != "kernel":
+        if self.norm == "fla" or self.gdn_l2norm != "kernel" or self.loss == "fla":
             return "fla kernels need CUDA"
         return None
 
@@ -111,7 +113,7 @@ def gdn_l2norm(where: str) -> Iterator[None]:
 
     saved = fla_shim.chunk_gated_delta_rule
     if where == "separate":
-        from fla.modules.l2norm import l2norm
+        from fla.modules.norm.l2norm import l2norm
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
         def separate(q, k, v, g, beta, *, cu_seqlens, cu_seqlens_cpu):
@@ -124,6 +126,31 @@ def gdn_l2norm(where: str) -> Iterator[None]:
         yield
     finally:
         fla_shim.chunk_gated_delta_rule = saved
+
+
+@contextlib.contextmanager
+def head_loss(loss: str, chunk: int) -> Iterator[None]:
+    """The function the trainer's chunked path runs in the head: ours with `chunk` tokens per chunk, or fla's
+    fused linear cross-entropy (gradients computed in forward, Triton CE kernels; it has no z-loss, so z_sum
+    is 0: an upper bound for a fused kernel of our loss)."""
+    from olmo_train.train import losses, trainer
+
+    saved = trainer.chunked_lm_loss_sums
+    if loss == "fla":
+        from fla.modules.fused_linear_cross_entropy.ops import fused_linear_cross_entropy_loss
+
+        def fla_loss(hidden: torch.Tensor, weight: torch.Tensor, *, labels: torch.Tensor):
+            ce = fused_linear_cross_entropy_loss(hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1), weight,
+                                                 reduction="sum")
+            return ce, torch.zeros_like(ce)
+
+        trainer.chunked_lm_loss_sums = fla_loss
+    else:
+        trainer.chunked_lm_loss_sums = functools.partial(losses.chunked_lm_loss_sums, chunk_tokens=chunk)
+    try:
+        yield
+    finally:
+        trainer.chunked_lm_loss_sums = saved
 
 
 def sdpa_backend(attn: str) -> contextlib.AbstractContextManager:
@@ -203,7 +230,7 @@ def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_f
     mcfg = model_config(args, run.layers)
     tokens = args.micro_batch * args.seq
     tcfg = TrainerConfig(max_steps=10**6, global_batch_tokens=tokens, seq_len=args.seq,
-                         micro_batch_size=args.micro_batch, loss_impl=run.loss)
+                         micro_batch_size=args.micro_batch, loss_impl="full" if run.loss == "full" else "chunked")
     dcfg = FSDP2Config(param_dtype="bfloat16", reduce_dtype="float32", activation_checkpointing=run.ac,
                        compile=run.compile)
     cfg = Config(model=mcfg, trainer=tcfg, distributed=dcfg,
@@ -374,7 +401,8 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
         return
     log(f"{run.name}.levers", {k: v for k, v in asdict(run).items() if k != "name"})
     step = None
-    with norm_impl(run.norm), gdn_l2norm(run.gdn_l2norm), sdpa_backend(run.attn), cache.installed():
+    with norm_impl(run.norm), gdn_l2norm(run.gdn_l2norm), head_loss(run.loss, run.loss_chunk), \
+            sdpa_backend(run.attn), cache.installed():
         try:
             t0 = time.perf_counter()
             step, info = (build_peer if run.peer else build_ours)(run, args, device, token_file)
@@ -489,6 +517,7 @@ def suite_runs() -> list[Run]:
         Run("peer", peer=True, compile=False, ac="none", loss="full", fused_adamw=True, attn="sdpa"),
         replace(base, name="ours_8l", layers=8),
         replace(base, name="loss_full", loss="full"),
+        replace(base, name="loss_fla", loss="fla"),
         replace(base, name="no_compile", compile=False),
         replace(base, name="fused_adamw", fused_adamw=True),
         replace(base, name="ac_none", ac="none"),
@@ -498,11 +527,13 @@ def suite_runs() -> list[Run]:
         replace(base, name="ac_full", ac="full"),
         replace(base, name="attn_cudnn_rows", attn="cudnn"),
         replace(base, name="norm_torch", norm="torch"),
+        replace(base, name="loss_chunk_8192", loss_chunk=8192),
     ]
 
 
 def single_run(args: argparse.Namespace) -> Run:
     return Run("run", layers=args.layers, compile=args.compile == "on", ac=args.ac, loss=args.loss,
+               loss_chunk=args.loss_chunk,
                fused_adamw=args.fused_adamw, attn=args.attn, norm=args.norm, gdn_l2norm=args.gdn_l2norm,
                peer=args.peer)
 
@@ -562,7 +593,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--compile", default="on", choices=("on", "off"), help="per-block torch.compile")
     ap.add_argument("--ac", default="selective", choices=("none", "full", "selective"))
-    ap.add_argument("--loss", default="chunked", choices=("chunked", "full"))
+    ap.add_argument("--loss", default="chunked", choices=("chunked", "full", "fla"),
+                    help="fla: fla's fused linear cross-entropy (no z-loss; CUDA only)")
+    ap.add_argument("--loss-chunk", type=int, default=4096, help="tokens per chunk of the chunked loss")
     ap.add_argument("--fused-adamw", action="store_true")
     ap.add_argument("--attn", default="varlen", choices=("varlen", "sdpa", "flash", "cudnn", "efficient"),
                     help="varlen: documents (varlen flash on CUDA); the others: whole rows through SDPA")

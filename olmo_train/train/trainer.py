@@ -113,11 +113,10 @@ class Trainer:
         """(ce_sum, z_sum) of one micro-batch by `trainer.loss_impl`. The chunked loss runs inside the model's
         call (its head), where FSDP2 and ZeRO-3 have gathered the head weight."""
         model = self.backend.model
-        if self.cfg.trainer.loss_impl == "chunked":
-            with self.backend.autocast():
+        with self.backend.autocast():
+            if self.cfg.trainer.loss_impl == "chunked":
                 return model(batch.input_ids, doc_lens=batch.doc_lens,
                              head_loss=partial(chunked_lm_loss_sums, labels=batch.labels))
-        with self.backend.autocast():
             logits = model(batch.input_ids, doc_lens=batch.doc_lens)  # [mb, T, V]
         return lm_loss_sums(logits, batch.labels)
 
