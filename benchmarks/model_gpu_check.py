@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -24,17 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from olmo_train.model import OlmoHybrid, OlmoHybridConfig, ops, presets  # noqa: E402
+from results_log import JSON_PATH, log  # noqa: E402
 
-RESULTS: dict[str, object] = {}
-JSON_PATH: list[Path] = []
-
-
-def log(key: str, value: object) -> None:
-    """Prints one result and rewrites the JSON file, so a run cut off by a time limit still leaves its numbers."""
-    RESULTS[key] = value
-    print(f"{key}: {value}", flush=True)
-    if JSON_PATH:
-        JSON_PATH[0].write_text(json.dumps(RESULTS, indent=2) + "\n")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

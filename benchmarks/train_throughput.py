@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import json
 import os
 import statistics
 import sys
@@ -38,20 +37,11 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from olmo_train.model import OlmoHybridConfig, presets  # noqa: E402
+from results_log import JSON_PATH, RESULTS, log  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16: the MFU denominator
 MATMUL_FLOPS = 790e12  # measured bf16 matmul 8192^3 on the device (DESIGN.md): the FLOP floor
 HBM_BYTES_PER_S = 3e12  # H100 HBM3, rounded down from 3.35 TB/s: the byte floor
-RESULTS: dict[str, object] = {}
-JSON_PATH: list[Path] = []
-
-
-def log(key: str, value: object) -> None:
-    """Prints one number and rewrites the JSON file at once."""
-    RESULTS[key] = value
-    print(f"{key}: {value}", flush=True)
-    if JSON_PATH:
-        JSON_PATH[0].write_text(json.dumps(RESULTS, indent=1) + "\n")
 
 
 @dataclass(frozen=True)
