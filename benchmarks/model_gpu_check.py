@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from olmo_train.model import OlmoHybrid, OlmoHybridConfig, ops, presets  # noqa: E402
-from results_log import JSON_PATH, log  # noqa: E402
+from results_log import JSON_PATH, log, log_environment  # noqa: E402
 
 
 
@@ -46,21 +46,6 @@ def section(name: str, fn: Callable[[], None]) -> None:
     t0 = time.perf_counter()
     attempt(name, fn)
     log(f"{name}.seconds", round(time.perf_counter() - t0, 1))
-
-
-def environment(device: torch.device) -> None:
-    log("torch", torch.__version__)
-    log("device", torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
-    for pkg in ("fla", "triton", "tilelang", "transformers"):
-        try:
-            log(pkg, getattr(__import__(pkg), "__version__", "?"))
-        except Exception as exc:  # noqa: BLE001 - report any import failure
-            log(pkg, f"missing ({type(exc).__name__})")
-    log("kernels_on_device", ops.kernels_for(device))
-    from olmo_train.model.ops.attention import _varlen_kwargs
-
-    log("attention_with_documents", f"varlen_attn {_varlen_kwargs()}" if device.type == "cuda" and _varlen_kwargs()
-        else "SDPA with a block-diagonal causal mask")
 
 
 def fwd_bwd(model: OlmoHybrid, ids: torch.Tensor, labels: torch.Tensor, doc_lens: torch.Tensor | None,
@@ -200,7 +185,7 @@ def main() -> None:
     device = torch.device("cpu" if args.cpu else "cuda")
     JSON_PATH.append(Path(args.json or os.path.join(os.environ.get("OUT", "."), "model_gpu_check.json")))
     skip = set(filter(None, args.skip.split(",")))
-    section("env", lambda: environment(device))
+    section("env", lambda: log_environment(device))
     if "op" not in skip:
         section("op", lambda: op_parity(device, args.cpu))
     if "parity" not in skip:

@@ -37,7 +37,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from olmo_train.model import OlmoHybridConfig, presets  # noqa: E402
-from results_log import JSON_PATH, RESULTS, log  # noqa: E402
+from results_log import JSON_PATH, RESULTS, log, log_environment  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16: the MFU denominator
 MATMUL_FLOPS = 790e12  # measured bf16 matmul 8192^3 on the device (DESIGN.md): the FLOP floor
@@ -559,18 +559,7 @@ def init_process_group(device: torch.device) -> None:
 
 
 def environment(device: torch.device) -> None:
-    log("torch", torch.__version__)
-    log("device", torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
-    for pkg in ("fla", "triton", "tilelang", "transformers"):
-        try:
-            log(pkg, getattr(__import__(pkg), "__version__", "?"))
-        except Exception as exc:  # noqa: BLE001 - report any import failure
-            log(pkg, f"missing ({type(exc).__name__})")
-    from olmo_train.model import ops
-    from olmo_train.model.ops.attention import _varlen_kwargs
-
-    log("ours.kernels", {"gdn_conv": ops.kernels_for(device), "documents_attention": "varlen_attn" if (
-        device.type == "cuda" and _varlen_kwargs()) else "SDPA with a block-diagonal mask"})
+    log_environment(device)
     log("env.FLA", {k: v for k, v in os.environ.items() if k.startswith("FLA_")})
 
 
