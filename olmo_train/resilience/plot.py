@@ -1,7 +1,6 @@
 """The goodput figure: attempts, interruptions, checkpoints and productive time on one timeline, beside the loss
 curve across attempts (RUN/metrics.jsonl: one JSON object per step with `step` and `loss`)."""
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from olmo_train.logging.jsonl import read_metrics  # noqa: E402
 from olmo_train.resilience.goodput import GoodputReport, kept_limits  # noqa: E402
 
 OUTCOME_COLORS = {"finished": "#4c72b0", "preempted": "#dd8452", "hang": "#c44e52", "failed": "#c44e52",
@@ -19,13 +19,7 @@ def loss_segments(metrics_path: Path) -> list[tuple[list[int], list[float]]]:
     """metrics.jsonl split where the step goes back (a new attempt resumed from an earlier checkpoint)."""
     segments: list[tuple[list[int], list[float]]] = []
     last = None
-    if not metrics_path.exists():
-        return segments
-    for line in metrics_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_metrics(metrics_path):
         if not isinstance(record, dict) or "step" not in record or record.get("loss") is None:
             continue
         step = int(record["step"])

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from olmo_train.resilience import health
 

@@ -7,7 +7,7 @@ import pytest
 
 from olmo_train.resilience.goodput import analyze
 from olmo_train.resilience.ledger import ledger_path
-from olmo_train.resilience.plot import loss_segments, plot_run
+from olmo_train.resilience.plot import loss_segments
 from olmo_train.resilience.report_cli import log_to_wandb, main, wandb_run_id, wandb_summary
 from tests.resilience.test_goodput import crash_and_preempt_run
 

@@ -1,9 +1,7 @@
 """Submitting slurm/pretrain.sh to the local cluster and watching it the way the scheduler sees it."""
 
-import json
 import os
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import psutil
 
 from olmo_train.launch.slurm_job import slurm_time
+from olmo_train.logging.jsonl import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 # The tiny model on 2 CPU ranks: ~0.5 s per step, checkpoints at 4, 8, 12.
@@ -75,16 +74,7 @@ def watch(job: Job, timeout: float, until=None) -> Job:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def last_loss_per_step(run_dir: Path) -> dict[int, float]:

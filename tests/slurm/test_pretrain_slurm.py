@@ -7,7 +7,6 @@ import os
 import signal
 import statistics
 import subprocess
-import time
 
 import pytest
 

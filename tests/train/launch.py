@@ -1,12 +1,13 @@
 """Runs `olmo-train` in subprocesses (torchrun with N gloo processes, or one plain process) for end-to-end tests."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from olmo_train.logging.jsonl import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -49,8 +50,7 @@ def run(run_dir: Path, nproc: int, *overrides: str, expect: int = 0, timeout: fl
 
 
 def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def losses(run_dir: Path) -> dict[int, float]:
