@@ -402,7 +402,8 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
                 step()
             sync(device)
             log(f"{run.name}.warmup_s", round(time.perf_counter() - t0, 1))
-            if device.type == "cuda":
+            if device.type == "cuda":  # weights + optimizer state between steps: the rest of the peak is dynamic
+                log(f"{run.name}.static_mem_gib", round(torch.cuda.memory_allocated() / 2**30, 2))
                 torch.cuda.reset_peak_memory_stats()
             times, wall = time_steps(step, device, args.iters)
             report(run, info, times, device)
