@@ -52,9 +52,9 @@ class Run:
     layers: int = 4
     compile: bool = True
     ac: str = "selective"  # the 7B recipe (configs/experiment/olmo_hybrid_7b.yaml)
-    loss: str = "chunked"  # chunked | full | fla (fla's fused linear cross-entropy: no z-loss, benchmark only)
-    loss_chunk: int = 4096
-    fused_adamw: bool = False
+    loss: str = "fused"  # fused | chunked | full (trainer.loss_impl) | fla (fla's fused linear CE: no z-loss)
+    loss_chunk: int = 0  # tokens per chunk; 0 = the implementation's default
+    adamw: str = "auto"  # trainer.optimizer.impl: auto (fused on CUDA) | fused | foreach
     attn: str = "varlen"  # real data has documents: varlen flash attention on CUDA
     norm: str = "ours"
     gdn_l2norm: str = "kernel"
@@ -120,12 +120,16 @@ def gdn_l2norm(where: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def head_loss(loss: str, chunk: int) -> Iterator[None]:
-    """The function the trainer's chunked path runs in the head: ours with `chunk` tokens per chunk, or fla's
-    fused linear cross-entropy (gradients computed in forward, Triton CE kernels; it has no z-loss, so z_sum
-    is 0: an upper bound for a fused kernel of our loss)."""
+    """The function the trainer runs in the head for its loss_impl, with `chunk` tokens per chunk (0 = default);
+    or, in place of the chunked one, fla's fused linear cross-entropy (gradients in forward, Triton CE kernels;
+    it has no z-loss, so z_sum is 0)."""
     from olmo_train.train import losses, trainer
 
-    saved = trainer.chunked_lm_loss_sums
+    name = {"fused": "fused_lm_loss", "chunked": "chunked_lm_loss_sums", "fla": "chunked_lm_loss_sums"}.get(loss)
+    if name is None or (chunk == 0 and loss != "fla"):
+        yield
+        return
+    saved = getattr(trainer, name)
     if loss == "fla":
         from fla.modules.fused_linear_cross_entropy.ops import fused_linear_cross_entropy_loss
 
@@ -134,13 +138,13 @@ def head_loss(loss: str, chunk: int) -> Iterator[None]:
                                                  reduction="sum")
             return ce, torch.zeros_like(ce)
 
-        trainer.chunked_lm_loss_sums = fla_loss
+        setattr(trainer, name, fla_loss)
     else:
-        trainer.chunked_lm_loss_sums = functools.partial(losses.chunked_lm_loss_sums, chunk_tokens=chunk)
+        setattr(trainer, name, functools.partial(getattr(losses, name), chunk_tokens=chunk))
     try:
         yield
     finally:
-        trainer.chunked_lm_loss_sums = saved
+        setattr(trainer, name, saved)
 
 
 def sdpa_backend(attn: str) -> contextlib.AbstractContextManager:
@@ -214,13 +218,14 @@ def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_f
     from olmo_train.distributed.config import FSDP2Config
     from olmo_train.train.config import ClusterConfig, Config, TrainerConfig
     from olmo_train.train.metrics import MetricsTracker
-    from olmo_train.train.optim import param_groups
+    from olmo_train.train.optim import OptimizerConfig
     from olmo_train.train.trainer import Trainer
 
     mcfg = model_config(args, run.layers)
     tokens = args.micro_batch * args.seq
     tcfg = TrainerConfig(max_steps=10**6, global_batch_tokens=tokens, seq_len=args.seq,
-                         micro_batch_size=args.micro_batch, loss_impl="full" if run.loss == "full" else "chunked")
+                         micro_batch_size=args.micro_batch, loss_impl="chunked" if run.loss == "fla" else run.loss,
+                         optimizer=OptimizerConfig(impl=run.adamw))
     dcfg = FSDP2Config(param_dtype="bfloat16", reduce_dtype="float32", activation_checkpointing=run.ac,
                        compile=run.compile)
     cfg = Config(model=mcfg, trainer=tcfg, distributed=dcfg,
@@ -228,10 +233,6 @@ def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_f
     backend = build_backend(dcfg, BuildSpec(
         model_config=mcfg, optimizer=tcfg.optimizer, grad_clip=tcfg.grad_clip, seed=0, device=device, world_size=1,
         micro_batch_size=args.micro_batch, accum_steps=1, seq_len=args.seq))
-    if run.fused_adamw:
-        o = tcfg.optimizer
-        backend.optimizer = torch.optim.AdamW(param_groups(backend.model, o), lr=o.lr, betas=(o.beta1, o.beta2),
-                                              eps=o.eps, weight_decay=o.weight_decay, fused=True)
     data = DataConfig(sources=[str(token_file)], dtype="uint32", eos_token_id=mcfg.eos_token_id or 0,
                       document_mask=run.attn == "varlen", cache_dir=str(token_file.parent / "cache"))
     loader = build_train_loader(data, seq_len=args.seq, global_batch_size=args.micro_batch,
@@ -353,6 +354,14 @@ def categorise(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "elementwise/other")
 
 
+def is_annotation(event) -> bool:
+    """User ranges (record_function: the optimizer's step, FSDP's phases) span kernels that are counted on their
+    own; counting the range too would count that time twice."""
+    name = event.key
+    return bool(getattr(event, "is_user_annotation", False)) or "#" in name or name.startswith(
+        ("FSDP::", "ProfilerStep", "## "))
+
+
 def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dict:
     """Per-op breakdown of `n` steps: self time per kernel (GPU) or op (CPU), top entries and categories."""
     from torch.autograd import DeviceType
@@ -363,7 +372,7 @@ def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dic
         for _ in range(n):
             step()
         sync(device)
-    events = prof.key_averages()
+    events = [e for e in prof.key_averages() if not is_annotation(e)]
     if device.type == "cuda":
         rows = [(e.key, e.self_device_time_total, e.count) for e in events if e.device_type == DeviceType.CUDA]
     else:
@@ -377,6 +386,7 @@ def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dic
     return {
         "ms_per_step_profiled": round(total / n / 1e3, 2),
         "categories_pct": {k: round(100 * v / total, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+        "categories_ms": {k: round(v / n / 1e3, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
         "top": [{"op": name[:90], "ms_per_step": round(us / n / 1e3, 3), "pct": round(100 * us / total, 1),
                  "calls_per_step": count // n} for name, us, count in rows[:top]],
     }
@@ -482,51 +492,99 @@ def floors(cfg: OlmoHybridConfig, tokens: int, seq: int) -> dict[str, float]:
 
 
 def extrapolate(args: argparse.Namespace, short: str, long: str) -> None:
-    """Step time at 32 layers from the 4- and 8-layer runs (same levers): the per-group cost is the difference."""
+    """Step time at 32 layers from the 4- and 8-layer runs (same levers): the per-group cost is the difference.
+
+    On one GPU the optimizer updates every parameter; with FSDP over N GPUs each updates 1/N of them. The
+    `fsdp8_*` numbers therefore take 7/8 of the profiled optimizer time out (communication not included: per
+    block it is ~8 bytes/parameter over NVLink, a few ms against a block's tens of ms of compute, and FSDP2
+    overlaps it).
+    """
     t4, t8 = (RESULTS.get(f"{name}.step_ms", {}).get("median") for name in (short, long))
     if not (t4 and t8):
-        log("extrapolation.skipped", f"needs both {short} and {long}")
+        log(f"extrapolation.{short}.skipped", f"needs both {short} and {long}")
         return
     per_group = t8 - t4
     t32 = t4 + 7 * per_group
     tokens = args.micro_batch * args.seq
     flops = floors(model_config(args, 32), tokens, args.seq)["model_tflop"] * 1e12
-    log("extrapolation.32_layers", {"per_group_ms": round(per_group, 2), "fixed_ms": round(t4 - per_group, 2),
-                                    "step_ms": round(t32, 1), "tokens_per_s": round(tokens / t32 * 1e3),
-                                    "mfu": round(flops / (t32 / 1e3) / PEAK_FLOPS, 4),
-                                    "note": "one GPU's compute only: no FSDP communication, memory not checked"})
+    out = {"per_group_ms": round(per_group, 2), "fixed_ms": round(t4 - per_group, 2), "step_ms": round(t32, 1),
+           "tokens_per_s": round(tokens / t32 * 1e3), "mfu": round(flops / (t32 / 1e3) / PEAK_FLOPS, 4)}
+    o4, o8 = (RESULTS.get(f"{name}.profile", {}).get("categories_ms", {}).get("optimizer") for name in (short, long))
+    if o4 is not None and o8 is not None:
+        opt32 = o4 + 7 * (o8 - o4)
+        t_fsdp8 = t32 - opt32 * 7 / 8
+        out.update({"optimizer_ms_1gpu": round(opt32, 1), "fsdp8_step_ms": round(t_fsdp8, 1),
+                    "fsdp8_tokens_per_s_per_gpu": round(tokens / t_fsdp8 * 1e3),
+                    "fsdp8_mfu": round(flops / (t_fsdp8 / 1e3) / PEAK_FLOPS, 4)})
+    log(f"extrapolation.{short}.32_layers", out)
+
+
+def memory_budget(args: argparse.Namespace, short: str, long: str, gpus: int = 8) -> None:
+    """Peak memory per GPU of the full 32-layer model under FSDP over `gpus` GPUs, from the 4- and 8-layer runs
+    on one GPU (same levers). Each run gives its static memory (fp32 weights + AdamW moments between steps) and
+    its peak; peak - static - fp32 gradients (4 bytes/param, all of them on one rank) = activations + transients
+    (head/loss buffers, gathered parameters, reduce buffers). Its growth from 4 to 8 layers is 4 layers'
+    activations; the rest is fixed. At 32 layers: static and gradients / gpus + 32 layers' activations + fixed."""
+    need = [f"{name}.{key}" for name in (short, long) for key in ("static_mem_gib", "peak_mem_gib", "params")]
+    if any(key not in RESULTS for key in need):
+        log(f"memory_budget.{short}.skipped", f"needs {need}")
+        return
+    gib = 2**30
+    dyn = {name: RESULTS[f"{name}.peak_mem_gib"] - RESULTS[f"{name}.static_mem_gib"]
+           - 4 * RESULTS[f"{name}.params"] / gib for name in (short, long)}
+    per_layer = (dyn[long] - dyn[short]) / 4
+    fixed = dyn[short] - 4 * per_layer
+    static_per_param = RESULTS[f"{short}.static_mem_gib"] * gib / RESULTS[f"{short}.params"]
+    from olmo_train.model import OlmoHybrid
+
+    with torch.device("meta"):
+        params32 = OlmoHybrid(model_config(args, 32)).num_params()
+    sharded = (static_per_param + 4) * params32 / gpus / gib
+    total = sharded + 32 * per_layer + fixed
+    capacity = torch.cuda.get_device_properties(0).total_memory / gib if torch.cuda.is_available() else 80.0
+    log(f"memory_budget.{short}.32_layers_fsdp{gpus}", {
+        "static_bytes_per_param": round(static_per_param, 2), "params": params32,
+        "sharded_state_gib": round(sharded, 2), "activations_per_layer_gib": round(per_layer, 3),
+        "activations_gib": round(32 * per_layer, 2), "fixed_transients_gib": round(fixed, 2),
+        "peak_gib": round(total, 2), "gpu_gib": round(capacity, 1), "headroom_gib": round(capacity - total, 2),
+        "micro_batch": args.micro_batch, "seq": args.seq})
 
 
 # ---- the suite ----------------------------------------------------------------------------------------------
 
 def suite_runs() -> list[Run]:
-    """The planned series, most important first (the time budget cuts from the end): ours, the peer, the depth
-    for the extrapolation, then each lever alone against ours."""
+    """The planned series, most important first (the time budget cuts from the end): ours and its depth twin,
+    the same without activation checkpointing (memory per layer), the peer, then each lever alone against ours."""
     base = Run("ours")
     return [
         base,
-        Run("peer", peer=True, compile=False, ac="none", loss="full", fused_adamw=True, attn="sdpa"),
         replace(base, name="ours_8l", layers=8),
-        replace(base, name="loss_full", loss="full"),
-        replace(base, name="loss_fla", loss="fla"),
-        replace(base, name="no_compile", compile=False),
-        replace(base, name="fused_adamw", fused_adamw=True),
         replace(base, name="ac_none", ac="none"),
+        replace(base, name="ac_none_8l", ac="none", layers=8),
+        Run("peer", peer=True, compile=False, ac="none", loss="full", adamw="fused", attn="sdpa"),
+        replace(base, name="adamw_foreach", adamw="foreach"),
+        replace(base, name="loss_chunked", loss="chunked"),
+        replace(base, name="loss_full", loss="full"),
+        replace(base, name="no_compile", compile=False),
         replace(base, name="attn_sdpa_rows", attn="sdpa"),
+        replace(base, name="ac_full", ac="full"),
         replace(base, name="norm_fla", norm="fla"),
         replace(base, name="gdn_l2norm_separate", gdn_l2norm="separate"),
-        replace(base, name="ac_full", ac="full"),
+        replace(base, name="loss_fla", loss="fla"),
         replace(base, name="attn_cudnn_rows", attn="cudnn"),
         replace(base, name="norm_torch", norm="torch"),
-        replace(base, name="loss_chunk_8192", loss_chunk=8192),
+        replace(base, name="loss_fused_4096", loss_chunk=4096),
     ]
+
+
+PROFILED = ("ours", "ours_8l", "ac_none", "ac_none_8l", "run")
+DEPTH_PAIRS = (("ours", "ours_8l"), ("ac_none", "ac_none_8l"))
 
 
 def single_run(args: argparse.Namespace) -> Run:
     return Run("run", layers=args.layers, compile=args.compile == "on", ac=args.ac, loss=args.loss,
-               loss_chunk=args.loss_chunk,
-               fused_adamw=args.fused_adamw, attn=args.attn, norm=args.norm, gdn_l2norm=args.gdn_l2norm,
-               peer=args.peer)
+               loss_chunk=args.loss_chunk, adamw=args.adamw, attn=args.attn, norm=args.norm,
+               gdn_l2norm=args.gdn_l2norm, peer=args.peer)
 
 
 def summary_table() -> None:
@@ -546,8 +604,8 @@ def summary_table() -> None:
         print(f"{profiled}, profiled ({prof['ms_per_step_profiled']} ms of kernels per step): {prof['categories_pct']}")
         for row in prof["top"][:12]:
             print(f"  {row['pct']:5.1f}%  {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<5} {row['op']}")
-    if "extrapolation.32_layers" in RESULTS:
-        print(f"32 layers (extrapolated): {RESULTS['extrapolation.32_layers']}")
+    for key in [k for k in RESULTS if k.startswith(("extrapolation.", "memory_budget."))]:
+        print(f"{key}: {RESULTS[key]}")
 
 
 def init_process_group(device: torch.device) -> None:
@@ -573,10 +631,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--compile", default="on", choices=("on", "off"), help="per-block torch.compile")
     ap.add_argument("--ac", default="selective", choices=("none", "full", "selective"))
-    ap.add_argument("--loss", default="chunked", choices=("chunked", "full", "fla"),
+    ap.add_argument("--loss", default="fused", choices=("fused", "chunked", "full", "fla"),
                     help="fla: fla's fused linear cross-entropy (no z-loss; CUDA only)")
-    ap.add_argument("--loss-chunk", type=int, default=4096, help="tokens per chunk of the chunked loss")
-    ap.add_argument("--fused-adamw", action="store_true")
+    ap.add_argument("--loss-chunk", type=int, default=0, help="tokens per loss chunk (0 = the loss's default)")
+    ap.add_argument("--adamw", default="auto", choices=("auto", "fused", "foreach"))
     ap.add_argument("--attn", default="varlen", choices=("varlen", "sdpa", "flash", "cudnn", "efficient"),
                     help="varlen: documents (varlen flash on CUDA); the others: whole rows through SDPA")
     ap.add_argument("--norm", default="ours", choices=("ours", "torch", "fla"))
@@ -627,11 +685,13 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"\n== {run.name} ({elapsed:.0f} s)", flush=True)
             try:
-                measure(run, args, device, token_file, cache, profile=run.name in ("ours", "run"))
+                measure(run, args, device, token_file, cache, profile=run.name in PROFILED)
             except Exception:  # one device call must report every run it can
                 log(f"{run.name}.error", traceback.format_exc(limit=8))
     if args.suite:
-        extrapolate(args, "ours", "ours_8l")
+        for short, long in DEPTH_PAIRS:
+            extrapolate(args, short, long)
+            memory_budget(args, short, long)
     log("total_s", round(time.perf_counter() - start, 1))
     summary_table()
     dist.destroy_process_group()

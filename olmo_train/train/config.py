@@ -22,7 +22,7 @@ from olmo_train.train.optim import OptimizerConfig, SchedulerConfig
 
 SCHEMA_VERSION = 1
 CALLBACKS = ("metrics", "wandb", "goodput", "preemption", "watchdog", "checkpoint")
-LOSS_IMPLS = ("chunked", "full")
+LOSS_IMPLS = ("fused", "chunked", "full")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -47,11 +47,12 @@ class TrainerConfig:
     """Clip the global gradient norm to this; 0 = no clipping."""
     z_loss: float = 1e-5
     """Weight of the z-loss (mean of logsumexp(logits)^2 over counted tokens); 0 = none."""
-    loss_impl: str = "chunked"
-    """How the cross-entropy + z-loss is computed: "chunked" (from the final hidden states and the LM head weight,
-    a few thousand tokens at a time, logits recomputed in backward: no [tokens, vocab] tensor, one extra head
-    matmul in backward) or "full" (logits of all tokens, then the loss: their float32 copy and its gradient cost
-    2 x tokens x vocab x 4 bytes). Both give the same loss up to rounding."""
+    loss_impl: str = "fused"
+    """How the cross-entropy + z-loss is computed (`train/losses.py`); all give the same loss up to rounding.
+    "fused": from the final hidden states and the LM head weight, a chunk of tokens at a time, gradients computed
+    in forward (no [tokens, vocab] float32 tensor, no recompute). "chunked": the same chunks, logits recomputed in
+    backward (one more head matmul). "full": logits of all tokens, then the loss (their float32 copy and its
+    gradient cost 2 x tokens x vocab x 4 bytes)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     callbacks: list[str] = field(default_factory=lambda: list(CALLBACKS))

@@ -3,19 +3,28 @@
 The trainer divides both sums by the number of counted tokens in the whole global batch (all ranks, all
 micro-batches), so the gradient does not depend on how the batch is split over ranks and micro-batches.
 
-Two implementations with the same result (up to rounding):
-- `lm_loss_sums(logits, labels)`: from full logits [B, T, V] (their float32 copy and its gradient are
+Three implementations with the same result (up to rounding), `trainer.loss_impl`:
+- `full`, `lm_loss_sums(logits, labels)`: from full logits [B, T, V] (their float32 copy and its gradient are
   [N, V] each: 3.3 GB apiece for 8192 tokens of the 100352-token vocabulary).
-- `chunked_lm_loss_sums(hidden, weight, labels)`: from the final hidden states and the LM head weight, token
-  chunk by token chunk; backward recomputes each chunk's logits, so no [N, V] tensor ever exists (the extra
+- `chunked`, `chunked_lm_loss_sums(hidden, weight, labels)`: from the final hidden states and the LM head weight,
+  token chunk by token chunk; backward recomputes each chunk's logits, so no [N, V] tensor ever exists (the extra
   memory is one chunk's logits) at the price of one more [chunk, d] x [d, V] matmul per chunk.
+- `fused`, `fused_lm_loss(hidden, weight, labels, ce_weight=, z_weight=)`: the objective
+  `ce_weight * ce_sum + z_weight * z_sum` with its gradients computed in forward, chunk by chunk (one pass of
+  logits, no recompute; on CUDA the per-chunk softmax/gradient math is one compiled kernel over bf16 logits).
+  Backward only scales the stored gradients, so the weights must be known before forward (the trainer's are).
 """
+
+import functools
 
 import torch
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_TOKENS = 4096
 """Tokens per chunk of the chunked loss: at vocab 100352 a chunk's float32 logits are 1.6 GB."""
+FUSED_CHUNK_TOKENS = 8192
+"""Tokens per chunk of the fused loss: at vocab 100352 a chunk's bf16 logits are 1.6 GB (one chunk for a
+micro-batch of one 8192-token sequence, so the head's weight gradient is one matmul)."""
 
 
 def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,3 +132,93 @@ def _logit_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, cou
     probs.mul_(row_scale[:, None])
     probs.scatter_add_(1, safe[:, None], -(counted * grad_ce).to(probs.dtype)[:, None])
     return probs
+
+
+def fused_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                  ce_weight: torch.Tensor | float, z_weight: torch.Tensor | float,
+                  chunk_tokens: int = FUSED_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(objective, ce_sum, z_sum): objective = ce_weight * ce_sum + z_weight * z_sum carries the gradient of
+    `lm_loss_sums(hidden @ weight.T, labels)` so combined; ce_sum and z_sum are for logging (no gradient).
+
+    Same inputs and rounding as `chunked_lm_loss_sums`; the weights are constants (no gradient flows to them).
+    The gradients of hidden [..., d] and weight [V, d] are computed here, chunk by chunk, and held until
+    backward (one [N, d] and one [V, d] tensor in the matmul dtype).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    h = hidden.reshape(-1, hidden.shape[-1]).to(dtype)  # [N, d]
+    w = weight.to(dtype)  # [V, d]
+    weights = torch.stack([torch.as_tensor(x, dtype=_wide(dtype), device=hidden.device).detach().reshape(())
+                           for x in (ce_weight, z_weight)])  # [2]
+    with torch.autocast(device_type, enabled=False):
+        objective, ce_sum, z_sum = _FusedLMLoss.apply(h, w, labels.reshape(-1), weights, chunk_tokens)
+    return objective, ce_sum, z_sum
+
+
+def _loss_and_logit_grad(logits: torch.Tensor, safe: torch.Tensor, counted: torch.Tensor,
+                         weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk: (d objective / d logits in the logits' dtype [n, V], lse [n], target logit [n]).
+
+    The math runs in float32 (float64 for float64 logits). d ce / d logit = softmax - onehot(label),
+    d z / d logit = 2 * lse * softmax, per counted token; `weights` = (ce_weight, z_weight).
+    """
+    x = logits.to(_wide(logits.dtype))
+    lse = torch.logsumexp(x, dim=-1)  # [n]
+    target = x.gather(1, safe[:, None]).squeeze(1)  # [n]
+    ce_w = weights[0] * counted  # [n]
+    row_scale = ce_w + 2.0 * weights[1] * counted * lse  # [n]
+    is_label = torch.arange(x.shape[1], device=x.device)[None, :] == safe[:, None]  # [n, V]
+    grad = torch.exp(x - lse[:, None]) * row_scale[:, None] - torch.where(is_label, ce_w[:, None], 0.0)
+    return grad.to(logits.dtype), lse, target
+
+
+@functools.cache
+def _compiled_loss_and_logit_grad():
+    """`_loss_and_logit_grad` as one fused kernel per chunk shape (reads the bf16 logits, writes their bf16
+    gradient: no float32 [n, V] tensor). Compiled on first CUDA use only; the CPU runs it eagerly."""
+    return torch.compile(_loss_and_logit_grad, dynamic=False)
+
+
+class _FusedLMLoss(torch.autograd.Function):
+    """Forward computes the objective and its input gradients; backward scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        counted = labels != IGNORE_INDEX  # [N]
+        safe = torch.where(counted, labels, torch.zeros_like(labels))
+        step = _compiled_loss_and_logit_grad() if h.is_cuda else _loss_and_logit_grad
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = h.shape[0]
+        lse = torch.empty(n, dtype=_wide(h.dtype), device=h.device)  # [N]
+        target = torch.empty_like(lse)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = None
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            logits = h[rows] @ w.T  # [n, V] in the matmul dtype, as the head's output
+            dlogits, lse[rows], target[rows] = step(logits, safe[rows], counted[rows], weights)
+            del logits
+            if need_h:
+                grad_h[rows] = dlogits @ w
+            if need_w:
+                part = dlogits.T @ h[rows]  # [V, d]
+                if n <= chunk:
+                    grad_w = part
+                else:  # several chunks: sum in float32, as one [V, N] x [N, d] matmul would internally
+                    grad_w = part.to(_wide(w.dtype)) if grad_w is None else grad_w.add_(part)
+        ce_sum = ((lse - target) * counted).sum()
+        z_sum = (lse.square() * counted).sum()
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(w.dtype))
+        ctx.mark_non_differentiable(ce_sum, z_sum)
+        objective = weights[0] * ce_sum + weights[1] * z_sum
+        return objective, ce_sum, z_sum
+
+    @staticmethod
+    def backward(ctx, grad_objective: torch.Tensor, _grad_ce: torch.Tensor, _grad_z: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        # a 0-dim float32 factor keeps each gradient's dtype and multiplies in float32
+        return (None if grad_h is None else grad_h * grad_objective,
+                None if grad_w is None else grad_w * grad_objective, None, None, None)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from olmo_train.distributed.backend import Backend
 from olmo_train.train.config import Config
-from olmo_train.train.losses import chunked_lm_loss_sums, count_tokens, lm_loss_sums
+from olmo_train.train.losses import chunked_lm_loss_sums, count_tokens, fused_lm_loss, lm_loss_sums
 from olmo_train.train.metrics import MetricsTracker
 from olmo_train.train.optim import cosine_lr
 
@@ -102,23 +102,31 @@ class Trainer:
         z_total = torch.zeros((), device=self.device)
         self.backend.set_lr(lr)
         for batch in batches:
-            ce_sum, z_sum = self.loss_sums(batch)
-            self.backend.backward((ce_sum + self.cfg.trainer.z_loss * z_sum) * scale)
+            objective, ce_sum, z_sum = self.micro_batch_loss(batch, scale)
+            self.backend.backward(objective)
             ce_total += ce_sum.detach()
             z_total += z_sum.detach()
         grad_norm = self.backend.finish_step()
         return {"ce_sum": ce_total, "z_sum": z_total, "n_tokens": n_tokens, "grad_norm": grad_norm}
 
-    def loss_sums(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ce_sum, z_sum) of one micro-batch by `trainer.loss_impl`. The chunked loss runs inside the model's
-        call (its head), where FSDP2 and ZeRO-3 have gathered the head weight."""
-        model = self.backend.model
+    def micro_batch_loss(self, batch: Any, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(objective = (ce_sum + z_loss * z_sum) * scale, ce_sum, z_sum) of one micro-batch by
+        `trainer.loss_impl`. The fused and chunked losses run inside the model's call (its head), where FSDP2
+        and ZeRO-3 have gathered the head weight."""
+        model, z_loss, labels = self.backend.model, self.cfg.trainer.z_loss, batch.labels
+        impl = self.cfg.trainer.loss_impl
         with self.backend.autocast():
-            if self.cfg.trainer.loss_impl == "chunked":
-                return model(batch.input_ids, doc_lens=batch.doc_lens,
-                             head_loss=partial(chunked_lm_loss_sums, labels=batch.labels))
-            logits = model(batch.input_ids, doc_lens=batch.doc_lens)  # [mb, T, V]
-        return lm_loss_sums(logits, batch.labels)
+            if impl == "fused":
+                return model(batch.input_ids, doc_lens=batch.doc_lens, head_loss=partial(
+                    fused_lm_loss, labels=labels, ce_weight=scale, z_weight=z_loss * scale))
+            if impl == "chunked":
+                ce_sum, z_sum = model(batch.input_ids, doc_lens=batch.doc_lens,
+                                      head_loss=partial(chunked_lm_loss_sums, labels=labels))
+            else:
+                logits = model(batch.input_ids, doc_lens=batch.doc_lens)  # [mb, T, V]
+        if impl == "full":
+            ce_sum, z_sum = lm_loss_sums(logits, labels)
+        return (ce_sum + z_loss * z_sum) * scale, ce_sum, z_sum
 
     # ---- helpers used by callbacks -------------------------------------------------------------------------
 
