@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from olmo_train.model import OlmoHybridConfig, presets  # noqa: E402
 from results_log import JSON_PATH, RESULTS, log, log_environment  # noqa: E402
 
+FORWARD_END: dict[str, int] = {}  # memory_allocated() at the end of the last forward (ours, CUDA)
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16: the MFU denominator
 MATMUL_FLOPS = 790e12  # measured bf16 matmul 8192^3 on the device (DESIGN.md): the FLOP floor
 HBM_BYTES_PER_S = 3e12  # H100 HBM3, rounded down from 3.35 TB/s: the byte floor
@@ -51,7 +52,7 @@ class Run:
     name: str
     layers: int = 4
     compile: bool = True
-    ac: str = "selective"  # the 7B recipe (configs/experiment/olmo_hybrid_7b.yaml)
+    ac: str = "none"  # the 7B recipe on 80 GB (configs/experiment/olmo_hybrid_7b.yaml; memory_budget shows it fits)
     loss: str = "fused"  # fused | chunked | full (trainer.loss_impl) | fla (fla's fused linear CE: no z-loss)
     loss_chunk: int = 0  # tokens per chunk; 0 = the implementation's default
     adamw: str = "auto"  # trainer.optimizer.impl: auto (fused on CUDA) | fused | foreach
@@ -244,6 +245,9 @@ def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_f
                       world_size=1, rank=0)
     batches = loader.iter_from(0)
     lr = tcfg.optimizer.lr
+    if device.type == "cuda":  # memory held when forward ends: what backward starts with (memory_budget)
+        backend.model.register_forward_hook(
+            lambda *_: FORWARD_END.__setitem__("bytes", torch.cuda.memory_allocated()))
 
     def step() -> torch.Tensor:
         _, micro_batches = next(batches)
@@ -369,9 +373,11 @@ def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dic
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
         for _ in range(n):
             step()
         sync(device)
+        wall = (time.perf_counter() - t0) / n
     events = [e for e in prof.key_averages() if not is_annotation(e)]
     if device.type == "cuda":
         rows = [(e.key, e.self_device_time_total, e.count) for e in events if e.device_type == DeviceType.CUDA]
@@ -385,6 +391,7 @@ def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dic
         cats[categorise(name)] = cats.get(categorise(name), 0.0) + us
     return {
         "ms_per_step_profiled": round(total / n / 1e3, 2),
+        "wall_ms_per_step_profiled": round(wall * 1e3, 2),  # above the kernels' sum: the GPU waited on the host
         "categories_pct": {k: round(100 * v / total, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
         "categories_ms": {k: round(v / n / 1e3, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
         "top": [{"op": name[:90], "ms_per_step": round(us / n / 1e3, 3), "pct": round(100 * us / total, 1),
@@ -417,6 +424,8 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
                 torch.cuda.reset_peak_memory_stats()
             times, wall = time_steps(step, device, args.iters)
             report(run, info, times, device)
+            if "bytes" in FORWARD_END:
+                log(f"{run.name}.after_forward_gib", round(FORWARD_END.pop("bytes") / 2**30, 2))
             log(f"{run.name}.wall_ms_per_step", round(wall * 1e3, 2))
             log(f"{run.name}.loss_after", round(float(step()), 4))  # ln(vocab) at the start: a sanity check
             if profile:
@@ -521,31 +530,38 @@ def extrapolate(args: argparse.Namespace, short: str, long: str) -> None:
 
 def memory_budget(args: argparse.Namespace, short: str, long: str, gpus: int = 8) -> None:
     """Peak memory per GPU of the full 32-layer model under FSDP over `gpus` GPUs, from the 4- and 8-layer runs
-    on one GPU (same levers). Each run gives its static memory (fp32 weights + AdamW moments between steps) and
-    its peak; peak - static - fp32 gradients (4 bytes/param, all of them on one rank) = activations + transients
-    (head/loss buffers, gathered parameters, reduce buffers). Its growth from 4 to 8 layers is 4 layers'
-    activations; the rest is fixed. At 32 layers: static and gradients / gpus + 32 layers' activations + fixed."""
-    need = [f"{name}.{key}" for name in (short, long) for key in ("static_mem_gib", "peak_mem_gib", "params")]
+    on one GPU (same levers).
+
+    Each run logs its static memory (fp32 weights + AdamW moments, between steps) and the memory held when the
+    forward ends (static + what backward needs: every block's saved activations, the loss's stored head
+    gradients, gathered root parameters). Their difference grows by 4 layers' activations from 4 to 8 layers;
+    the rest is fixed. The peak under FSDP comes as backward starts: sharded static state and fp32 gradients
+    (16 bytes/param / gpus) + 32 layers' activations + the fixed part + one block's backward working set (its
+    gathered bf16 weights and bf16 gradient, the fp32 reduce-scatter input, the next block's prefetched
+    weights: 10 bytes per parameter of the largest block).
+    """
+    need = [f"{name}.{key}" for name in (short, long) for key in ("static_mem_gib", "after_forward_gib", "params")]
     if any(key not in RESULTS for key in need):
         log(f"memory_budget.{short}.skipped", f"needs {need}")
         return
-    gib = 2**30
-    dyn = {name: RESULTS[f"{name}.peak_mem_gib"] - RESULTS[f"{name}.static_mem_gib"]
-           - 4 * RESULTS[f"{name}.params"] / gib for name in (short, long)}
-    per_layer = (dyn[long] - dyn[short]) / 4
-    fixed = dyn[short] - 4 * per_layer
-    static_per_param = RESULTS[f"{short}.static_mem_gib"] * gib / RESULTS[f"{short}.params"]
     from olmo_train.model import OlmoHybrid
 
+    gib = 2**30
+    held = {name: RESULTS[f"{name}.after_forward_gib"] - RESULTS[f"{name}.static_mem_gib"] for name in (short, long)}
+    per_layer = (held[long] - held[short]) / 4
+    fixed = held[short] - 4 * per_layer
     with torch.device("meta"):
-        params32 = OlmoHybrid(model_config(args, 32)).num_params()
-    sharded = (static_per_param + 4) * params32 / gpus / gib
-    total = sharded + 32 * per_layer + fixed
+        model = OlmoHybrid(model_config(args, 32))
+    params32 = model.num_params()
+    block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    sharded = 16 * params32 / gpus / gib
+    working = 10 * block / gib
+    total = sharded + 32 * per_layer + fixed + working
     capacity = torch.cuda.get_device_properties(0).total_memory / gib if torch.cuda.is_available() else 80.0
     log(f"memory_budget.{short}.32_layers_fsdp{gpus}", {
-        "static_bytes_per_param": round(static_per_param, 2), "params": params32,
-        "sharded_state_gib": round(sharded, 2), "activations_per_layer_gib": round(per_layer, 3),
-        "activations_gib": round(32 * per_layer, 2), "fixed_transients_gib": round(fixed, 2),
+        "params": params32, "sharded_state_and_grads_gib": round(sharded, 2),
+        "activations_per_layer_gib": round(per_layer, 3), "activations_gib": round(32 * per_layer, 2),
+        "fixed_at_backward_start_gib": round(fixed, 2), "block_working_set_gib": round(working, 2),
         "peak_gib": round(total, 2), "gpu_gib": round(capacity, 1), "headroom_gib": round(capacity - total, 2),
         "micro_batch": args.micro_batch, "seq": args.seq})
 
@@ -553,20 +569,20 @@ def memory_budget(args: argparse.Namespace, short: str, long: str, gpus: int = 8
 # ---- the suite ----------------------------------------------------------------------------------------------
 
 def suite_runs() -> list[Run]:
-    """The planned series, most important first (the time budget cuts from the end): ours and its depth twin,
-    the same without activation checkpointing (memory per layer), the peer, then each lever alone against ours."""
+    """The planned series, most important first (the time budget cuts from the end): ours and its depth twin
+    (32-layer extrapolation and memory budget), the peer, then each lever alone against ours."""
     base = Run("ours")
     return [
         base,
         replace(base, name="ours_8l", layers=8),
-        replace(base, name="ac_none", ac="none"),
-        replace(base, name="ac_none_8l", ac="none", layers=8),
         Run("peer", peer=True, compile=False, ac="none", loss="full", adamw="fused", attn="sdpa"),
+        replace(base, name="ac_selective", ac="selective"),
+        replace(base, name="attn_sdpa_rows", attn="sdpa"),
         replace(base, name="adamw_foreach", adamw="foreach"),
         replace(base, name="loss_chunked", loss="chunked"),
         replace(base, name="loss_full", loss="full"),
         replace(base, name="no_compile", compile=False),
-        replace(base, name="attn_sdpa_rows", attn="sdpa"),
+        replace(base, name="ac_selective_8l", ac="selective", layers=8),
         replace(base, name="ac_full", ac="full"),
         replace(base, name="norm_fla", norm="fla"),
         replace(base, name="gdn_l2norm_separate", gdn_l2norm="separate"),
@@ -577,8 +593,8 @@ def suite_runs() -> list[Run]:
     ]
 
 
-PROFILED = ("ours", "ours_8l", "ac_none", "ac_none_8l", "run")
-DEPTH_PAIRS = (("ours", "ours_8l"), ("ac_none", "ac_none_8l"))
+PROFILED = ("ours", "ours_8l", "run")
+DEPTH_PAIRS = (("ours", "ours_8l"), ("ac_selective", "ac_selective_8l"))
 
 
 def single_run(args: argparse.Namespace) -> Run:
@@ -630,7 +646,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default 8192 on cuda, 256 on cpu)")
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--compile", default="on", choices=("on", "off"), help="per-block torch.compile")
-    ap.add_argument("--ac", default="selective", choices=("none", "full", "selective"))
+    ap.add_argument("--ac", default="none", choices=("none", "full", "selective"))
     ap.add_argument("--loss", default="fused", choices=("fused", "chunked", "full", "fla"),
                     help="fla: fla's fused linear cross-entropy (no z-loss; CUDA only)")
     ap.add_argument("--loss-chunk", type=int, default=0, help="tokens per loss chunk (0 = the loss's default)")

@@ -19,6 +19,9 @@ set -uo pipefail
 
 REPO=${OLMO_TRAIN_REPO:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "$0")/.." && pwd)}}
 cd "$REPO" || exit 1
+# Expandable segments: less fragmentation of the CUDA cache (the throughput benchmarks ran with it); a user's own
+# setting wins.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 PY=${OLMO_TRAIN_PYTHON:-$REPO/.venv/bin/python}; [ -x "$PY" ] || PY=python3
 jobctl() { "$PY" -m olmo_train.launch.slurm_job "$@"; }
 

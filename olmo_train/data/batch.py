@@ -18,8 +18,10 @@ class Batch:
     sample_ids: torch.Tensor  # [mb] int64: global sample index of each row (validation: validation instance)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """`doc_lens` stays on the host: the model plans its kernels from it there (a device copy would cost a
+        device-to-host sync in every forward)."""
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.labels), move(self.doc_lens), move(self.sample_ids))
+        return Batch(move(self.input_ids), move(self.labels), self.doc_lens, move(self.sample_ids))
 
     def pin_memory(self) -> Batch:
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731

@@ -34,7 +34,7 @@ def make_packing(doc_lens: torch.Tensor | None, batch: int, seq_len: int,
     """Checks `doc_lens` (1-D document lengths over input_ids.view(-1)) and builds the Packing; None stays None.
 
     Each row must hold a whole number of documents, so `doc_lens.sum() == batch * seq_len` and no document
-    crosses a row end.
+    crosses a row end. `doc_lens` on the host costs no device sync (the loader keeps it there).
     """
     if doc_lens is None:
         return None
@@ -55,6 +55,14 @@ def make_packing(doc_lens: torch.Tensor | None, batch: int, seq_len: int,
     starts = cu[:-1].repeat_interleave(lens)  # [B * T]
     flat_pos = torch.arange(total, device="cpu") - starts
     doc_ids = torch.arange(lens.numel(), device="cpu").repeat_interleave(lens)
-    return Packing(cu_seqlens=cu.to(device), cu_seqlens_cpu=cu, max_len=int(lens.max()),
-                   positions=flat_pos.view(batch, seq_len).to(device),
-                   doc_ids=doc_ids.view(batch, seq_len).to(device))
+    return Packing(cu_seqlens=_upload(cu, device), cu_seqlens_cpu=cu, max_len=int(lens.max()),
+                   positions=_upload(flat_pos.view(batch, seq_len), device),
+                   doc_ids=_upload(doc_ids.view(batch, seq_len), device))
+
+
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to `device`; to CUDA through pinned memory, so the copy queues behind the running kernels
+    instead of waiting for them (a pageable copy synchronises the stream)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
