@@ -407,6 +407,7 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
         log(f"{run.name}.skipped", f"skipped on cpu ({skip})")
         return
     log(f"{run.name}.levers", {k: v for k, v in asdict(run).items() if k != "name"})
+    FORWARD_END.clear()
     step = None
     with norm_impl(run.norm), gdn_l2norm(run.gdn_l2norm), head_loss(run.loss, run.loss_chunk), \
             sdpa_backend(run.attn), cache.installed():
@@ -424,8 +425,8 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
                 torch.cuda.reset_peak_memory_stats()
             times, wall = time_steps(step, device, args.iters)
             report(run, info, times, device)
-            if "bytes" in FORWARD_END:
-                log(f"{run.name}.after_forward_gib", round(FORWARD_END.pop("bytes") / 2**30, 2))
+            if "bytes" in FORWARD_END:  # the last timed step's (ours only: the hook is on our model)
+                log(f"{run.name}.after_forward_gib", round(FORWARD_END["bytes"] / 2**30, 2))
             log(f"{run.name}.wall_ms_per_step", round(wall * 1e3, 2))
             log(f"{run.name}.loss_after", round(float(step()), 4))  # ln(vocab) at the start: a sanity check
             if profile:

@@ -146,6 +146,14 @@ def test_batches_carry_doc_lens_over_the_flattened_batch(token_source):
     assert _loader(token_source, document_mask=False).micro_batches(0)[0].doc_lens is None
 
 
+def test_moving_a_batch_leaves_doc_lens_on_the_host(token_source):
+    """The model plans packed-document kernels from doc_lens; on the host that costs no device sync."""
+    batch = _loader(token_source, mb=2).micro_batches(0)[0]
+    moved = batch.to("meta")
+    assert moved.input_ids.device.type == moved.labels.device.type == "meta"
+    assert moved.doc_lens is batch.doc_lens and batch.doc_lens.device.type == "cpu"
+
+
 def test_batch_sizes_must_divide(token_source):
     with pytest.raises(ConfigError, match="not divisible by world_size 4 \\* micro_batch_size 3"):
         _loader(token_source, world_size=4, mb=3, gbs=8)

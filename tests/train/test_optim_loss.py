@@ -90,3 +90,34 @@ def test_tracker_fails_fast_on_a_non_finite_loss():
              grad_norm=1.0, lr=1e-3, step_time_s=0.1, data_wait_s=0.0, batch_tokens=10, tokens=10)
     with pytest.raises(NonFiniteLossError, match="step 5"):
         t.flush()
+
+
+def adamw_run(impl: str, steps: int = 4) -> list[torch.Tensor]:
+    from olmo_train.train.optim import build_adamw
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(33, 17)), torch.nn.Parameter(torch.randn(17))]
+    cfg = OptimizerConfig(impl=impl, lr=1e-2)
+    opt = build_adamw([{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}],
+                      cfg)
+    kind = "fused" if opt.defaults["fused"] else "foreach" if opt.defaults["foreach"] else "for-loop"
+    assert kind == ("foreach" if impl == "auto" else impl)  # auto is fused only for CUDA parameters
+    for i in range(steps):
+        for p in params:
+            p.grad = torch.sin(p.detach() * (i + 1))
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def test_adamw_fused_and_foreach_agree_and_auto_is_foreach_off_cuda():
+    foreach, fused, auto = adamw_run("foreach"), adamw_run("fused"), adamw_run("auto")
+    for a, b, c in zip(foreach, fused, auto):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)  # they differ in the last bits only
+        assert torch.equal(c, a)
+
+
+def test_adamw_impl_is_validated():
+    from olmo_train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.optimizer.impl='fast'; valid: auto, fused, foreach"):
+        OptimizerConfig(impl="fast")
