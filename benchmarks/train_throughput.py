@@ -1,12 +1,15 @@
 """Training throughput on one device: the real step (FSDP2 wrap, optimizer, data loader, Trainer.train_step) of
 OLMo Hybrid at 7B width, each speed lever on its own, and the transformers peer on the same shapes.
 
-GPU machine (the planned series, one process, <= 9 minutes):
-    source .device/setup.sh && PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py --suite
+GPU machine (the planned series, one process, <= 9 minutes; results in benchmarks/RESULTS.md, Speed):
+    source .device/setup.sh && export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True && \
+        PYTHONUNBUFFERED=1 python3 benchmarks/train_throughput.py --suite --budget-s 425
 One configuration:
-    ... python3 benchmarks/train_throughput.py --preset olmo_hybrid_7b --layers 4 --seq 8192 --ac none --loss full
+    ... python3 benchmarks/train_throughput.py --preset olmo_hybrid_7b --layers 4 --seq 8192 --ac selective --loss full
 CPU (every code path, tiny sizes; GPU-only levers say 'skipped on cpu'):
     .venv/bin/python benchmarks/train_throughput.py --device cpu --preset tiny --suite
+From a saved suite (no GPU): the 32-layer extrapolation and the 8-GPU memory budget:
+    .venv/bin/python benchmarks/train_throughput.py --budget-from benchmarks/results/train_throughput_h100_call3.json
 
 Every number is printed and written to $OUT/train_throughput.json (or --json) as it is measured, so a run cut off
 by a time limit keeps what it had. Tokens/s and MFU are per GPU; MFU = tokens/s x `model.flops_per_token(seq)` /
@@ -537,9 +540,10 @@ def memory_budget(args: argparse.Namespace, short: str, long: str, gpus: int = 8
     forward ends (static + what backward needs: every block's saved activations, the loss's stored head
     gradients, gathered root parameters). Their difference grows by 4 layers' activations from 4 to 8 layers;
     the rest is fixed. The peak under FSDP comes as backward starts: sharded static state and fp32 gradients
-    (16 bytes/param / gpus) + 32 layers' activations + the fixed part + one block's backward working set (its
-    gathered bf16 weights and bf16 gradient, the fp32 reduce-scatter input, the next block's prefetched
-    weights: 10 bytes per parameter of the largest block).
+    (16 bytes/param / gpus) + 32 layers' activations + the fixed part + the backward working set: the root's
+    embedding and head gathered again in bf16 (2 bytes/param), and one block's gathered bf16 weights and bf16
+    gradient, fp32 reduce-scatter input and the next block's prefetched weights (10 bytes per parameter of the
+    largest block). Not included: NCCL buffers and allocator fragmentation (the headroom must cover them).
     """
     need = [f"{name}.{key}" for name in (short, long) for key in ("static_mem_gib", "after_forward_gib", "params")]
     if any(key not in RESULTS for key in need):
@@ -555,14 +559,15 @@ def memory_budget(args: argparse.Namespace, short: str, long: str, gpus: int = 8
         model = OlmoHybrid(model_config(args, 32))
     params32 = model.num_params()
     block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    root = params32 - sum(p.numel() for p in model.blocks.parameters())
     sharded = 16 * params32 / gpus / gib
-    working = 10 * block / gib
+    working = (10 * block + 2 * root) / gib
     total = sharded + 32 * per_layer + fixed + working
-    capacity = torch.cuda.get_device_properties(0).total_memory / gib if torch.cuda.is_available() else 80.0
+    capacity = RESULTS.get("device_memory_gib", 80.0)
     log(f"memory_budget.{short}.32_layers_fsdp{gpus}", {
         "params": params32, "sharded_state_and_grads_gib": round(sharded, 2),
         "activations_per_layer_gib": round(per_layer, 3), "activations_gib": round(32 * per_layer, 2),
-        "fixed_at_backward_start_gib": round(fixed, 2), "block_working_set_gib": round(working, 2),
+        "fixed_at_backward_start_gib": round(fixed, 2), "backward_working_set_gib": round(working, 2),
         "peak_gib": round(total, 2), "gpu_gib": round(capacity, 1), "headroom_gib": round(capacity - total, 2),
         "micro_batch": args.micro_batch, "seq": args.seq})
 
@@ -637,6 +642,8 @@ def init_process_group(device: torch.device) -> None:
 def environment(device: torch.device) -> None:
     log_environment(device)
     log("env.FLA", {k: v for k, v in os.environ.items() if k.startswith("FLA_")})
+    if device.type == "cuda":
+        log("device_memory_gib", round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -665,6 +672,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--top-ops", type=int, default=25)
     ap.add_argument("--mean-doc", type=int, default=3000, help="mean document length of the synthetic data")
     ap.add_argument("--json", default=None, help="output file (default $OUT/train_throughput.json)")
+    ap.add_argument("--budget-from", default=None, metavar="JSON",
+                    help="no runs: recompute the 32-layer extrapolation and memory budget from a suite's results")
     args = ap.parse_args(argv)
     cpu = args.device == "cpu"
     args.preset = args.preset or ("tiny" if cpu else "olmo_hybrid_7b")
@@ -674,8 +683,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def recompute(args: argparse.Namespace) -> None:
+    """Extrapolation and memory budget from a saved suite (e.g. benchmarks/results/*.json), without a GPU."""
+    import json
+
+    RESULTS.update(json.loads(Path(args.budget_from).read_text()))
+    shape = RESULTS.get("shape", {})
+    args.preset, args.seq = shape.get("preset", args.preset), shape.get("seq", args.seq)
+    args.micro_batch = shape.get("micro_batch", args.micro_batch)
+    for short, long in DEPTH_PAIRS:
+        extrapolate(args, short, long)
+        memory_budget(args, short, long)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.budget_from:
+        return recompute(args)
     device = torch.device(args.device)
     JSON_PATH.append(Path(args.json or os.path.join(os.environ.get("OUT", "."), "train_throughput.json")))
     start = time.perf_counter()
