@@ -62,6 +62,7 @@ class Run:
     attn: str = "varlen"  # real data has documents: varlen flash attention on CUDA
     norm: str = "ours"
     gdn_l2norm: str = "kernel"
+    reshard: bool = True  # FSDP2 reshard_after_forward (False: blocks keep their gathered weights until backward)
     peer: bool = False
 
     def gpu_only(self) -> str | None:
@@ -231,7 +232,7 @@ def build_ours(run: Run, args: argparse.Namespace, device: torch.device, token_f
                          micro_batch_size=args.micro_batch, loss_impl="chunked" if run.loss == "fla" else run.loss,
                          optimizer=OptimizerConfig(impl=run.adamw))
     dcfg = FSDP2Config(param_dtype="bfloat16", reduce_dtype="float32", activation_checkpointing=run.ac,
-                       compile=run.compile)
+                       compile=run.compile, reshard_after_forward=run.reshard)
     cfg = Config(model=mcfg, trainer=tcfg, distributed=dcfg,
                  cluster=ClusterConfig(name=device.type, device=device.type, peak_flops=PEAK_FLOPS))
     backend = build_backend(dcfg, BuildSpec(
@@ -361,6 +362,18 @@ def categorise(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "elementwise/other")
 
 
+def write_trace(prof, path: Path) -> None:
+    import gzip
+    import shutil
+
+    raw = path.with_suffix("")  # x.json.gz -> x.json
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    log(f"trace.{path.name}", f"{path.stat().st_size / 1e6:.1f} MB")
+
+
 def is_annotation(event) -> bool:
     """User ranges (record_function: the optimizer's step, FSDP's phases) span kernels that are counted on their
     own; counting the range too would count that time twice."""
@@ -369,8 +382,9 @@ def is_annotation(event) -> bool:
         ("FSDP::", "ProfilerStep", "## "))
 
 
-def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dict:
-    """Per-op breakdown of `n` steps: self time per kernel (GPU) or op (CPU), top entries and categories."""
+def profile_steps(step: Callable, device: torch.device, n: int, top: int, trace: Path | None = None) -> dict:
+    """Per-op breakdown of `n` steps: self time per kernel (GPU) or op (CPU), top entries and categories.
+    `trace`: also write the steps' timeline there (gzipped Chrome trace: where the GPU waits on the host)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -381,6 +395,8 @@ def profile_steps(step: Callable, device: torch.device, n: int, top: int) -> dic
             step()
         sync(device)
         wall = (time.perf_counter() - t0) / n
+    if trace is not None:
+        write_trace(prof, trace)
     events = [e for e in prof.key_averages() if not is_annotation(e)]
     if device.type == "cuda":
         rows = [(e.key, e.self_device_time_total, e.count) for e in events if e.device_type == DeviceType.CUDA]
@@ -433,7 +449,8 @@ def measure(run: Run, args: argparse.Namespace, device: torch.device, token_file
             log(f"{run.name}.wall_ms_per_step", round(wall * 1e3, 2))
             log(f"{run.name}.loss_after", round(float(step()), 4))  # ln(vocab) at the start: a sanity check
             if profile:
-                log(f"{run.name}.profile", profile_steps(step, device, n=2, top=args.top_ops))
+                trace = JSON_PATH[-1].parent / f"{run.name}.trace.json.gz" if args.trace else None
+                log(f"{run.name}.profile", profile_steps(step, device, n=2, top=args.top_ops, trace=trace))
         finally:
             if step is not None and hasattr(step, "close"):
                 step.close()
@@ -596,6 +613,7 @@ def suite_runs() -> list[Run]:
         replace(base, name="attn_cudnn_rows", attn="cudnn"),
         replace(base, name="norm_torch", norm="torch"),
         replace(base, name="loss_fused_4096", loss_chunk=4096),
+        replace(base, name="no_reshard", reshard=False),
     ]
 
 
@@ -606,7 +624,7 @@ DEPTH_PAIRS = (("ours", "ours_8l"), ("ac_selective", "ac_selective_8l"))
 def single_run(args: argparse.Namespace) -> Run:
     return Run("run", layers=args.layers, compile=args.compile == "on", ac=args.ac, loss=args.loss,
                loss_chunk=args.loss_chunk, adamw=args.adamw, attn=args.attn, norm=args.norm,
-               gdn_l2norm=args.gdn_l2norm, peer=args.peer)
+               gdn_l2norm=args.gdn_l2norm, reshard=args.reshard == "on", peer=args.peer)
 
 
 def summary_table() -> None:
@@ -663,6 +681,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="varlen: documents (varlen flash on CUDA); the others: whole rows through SDPA")
     ap.add_argument("--norm", default="ours", choices=("ours", "torch", "fla"))
     ap.add_argument("--gdn-l2norm", default="kernel", choices=("kernel", "separate"))
+    ap.add_argument("--reshard", default="on", choices=("on", "off"), help="FSDP2 reshard_after_forward")
     ap.add_argument("--peer", action="store_true", help="transformers' OlmoHybridForCausalLM instead of ours")
     ap.add_argument("--suite", action="store_true", help="the planned series (ignores the lever flags)")
     ap.add_argument("--runs", default="", help="suite: only these runs (comma list of names, e.g. ac_full,norm_torch)")
@@ -670,6 +689,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--top-ops", type=int, default=25)
+    ap.add_argument("--trace", action="store_true", help="profiled runs also write <run>.trace.json.gz beside the JSON")
     ap.add_argument("--mean-doc", type=int, default=3000, help="mean document length of the synthetic data")
     ap.add_argument("--json", default=None, help="output file (default $OUT/train_throughput.json)")
     ap.add_argument("--budget-from", default=None, metavar="JSON",
