@@ -80,10 +80,7 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class _ChunkedLMLoss(torch.autograd.Function):
-    """Forward keeps only (hidden, weight, labels, logsumexp [N]); backward recomputes each chunk's logits.
-
-    d ce_sum / d logit = softmax - onehot(label); d z_sum / d logit = 2 * lse * softmax (per counted token).
-    """
+    """Forward keeps only (hidden, weight, labels); backward recomputes each chunk's logits (`_head_pass`)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor,
@@ -98,7 +95,7 @@ class _ChunkedLMLoss(torch.autograd.Function):
             lse[rows] = torch.logsumexp(logits, dim=-1)
             target[rows] = logits.gather(1, safe[rows, None]).squeeze(1)
             del logits
-        ctx.save_for_backward(h, w, safe, counted, lse)
+        ctx.save_for_backward(h, w, safe, counted)
         ctx.chunk = chunk
         ce_sum = ((lse - target) * counted).sum()
         z_sum = (lse.square() * counted).sum()
@@ -106,32 +103,11 @@ class _ChunkedLMLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ce: torch.Tensor, grad_z: torch.Tensor):
-        h, w, safe, counted, lse = ctx.saved_tensors
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if need_h else None
-        # weight gradient accumulates over chunks in float32, as one [d, N] x [N, V] matmul would internally
-        grad_w = torch.zeros(w.shape, dtype=_wide(w.dtype), device=w.device) if need_w else None
-        for start in range(0, h.shape[0], ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            dlogits = _logit_grad(_chunk_logits(h[rows], w), lse[rows], safe[rows], counted[rows], grad_ce,
-                                  grad_z).to(h.dtype)  # [n, V]
-            if need_h:
-                grad_h[rows] = dlogits @ w
-            if need_w and grad_w.dtype == h.dtype:
-                grad_w.addmm_(dlogits.T, h[rows])
-            elif need_w:
-                grad_w.add_(dlogits.T @ h[rows])
-        return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None
-
-
-def _logit_grad(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, counted: torch.Tensor,
-                grad_ce: torch.Tensor, grad_z: torch.Tensor) -> torch.Tensor:
-    """d(grad_ce * ce_sum + grad_z * z_sum) / d logits for one chunk, in place over `logits` [n, V] (float32)."""
-    probs = logits.sub_(lse[:, None]).exp_()  # softmax
-    row_scale = counted * (grad_ce + 2.0 * grad_z * lse)  # [n]
-    probs.mul_(row_scale[:, None])
-    probs.scatter_add_(1, safe[:, None], -(counted * grad_ce).to(probs.dtype)[:, None])
-    return probs
+        h, w, safe, counted = ctx.saved_tensors
+        weights = torch.stack([grad_ce, grad_z]).to(_wide(h.dtype))  # [2]
+        grad_h, grad_w, _, _ = _head_pass(h, w, safe, counted, weights, ctx.chunk, need_h=ctx.needs_input_grad[0],
+                                          need_w=ctx.needs_input_grad[1])
+        return grad_h, grad_w, None, None
 
 
 def fused_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -181,6 +157,31 @@ def _compiled_loss_and_logit_grad():
     return torch.compile(_loss_and_logit_grad, dynamic=False)
 
 
+def _head_pass(h: torch.Tensor, w: torch.Tensor, safe: torch.Tensor, counted: torch.Tensor, weights: torch.Tensor,
+               chunk: int, *, need_h: bool, need_w: bool):
+    """One pass over the token chunks: each chunk's logits, then the gradients of
+    `weights[0] * ce_sum + weights[1] * z_sum` for h [N, d] and w [V, d] (None where not needed), lse [N] and the
+    target logits [N]. The weight gradient sums over several chunks in float32, as one matmul would internally."""
+    step = _compiled_loss_and_logit_grad() if h.is_cuda else _loss_and_logit_grad
+    n = h.shape[0]
+    lse = torch.empty(n, dtype=_wide(h.dtype), device=h.device)
+    target = torch.empty_like(lse)
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w = None
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        dlogits, lse[rows], target[rows] = step(h[rows] @ w.T, safe[rows], counted[rows], weights)  # [n, V]
+        if need_h:
+            grad_h[rows] = dlogits @ w
+        if need_w:
+            part = dlogits.T @ h[rows]  # [V, d]
+            if n <= chunk:
+                grad_w = part
+            else:
+                grad_w = part.to(_wide(w.dtype)) if grad_w is None else grad_w.add_(part)
+    return grad_h, None if grad_w is None else grad_w.to(w.dtype), lse, target
+
+
 class _FusedLMLoss(torch.autograd.Function):
     """Forward computes the objective and its input gradients; backward scales them by the incoming gradient."""
 
@@ -189,29 +190,11 @@ class _FusedLMLoss(torch.autograd.Function):
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         counted = labels != IGNORE_INDEX  # [N]
         safe = torch.where(counted, labels, torch.zeros_like(labels))
-        step = _compiled_loss_and_logit_grad() if h.is_cuda else _loss_and_logit_grad
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        n = h.shape[0]
-        lse = torch.empty(n, dtype=_wide(h.dtype), device=h.device)  # [N]
-        target = torch.empty_like(lse)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = None
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            logits = h[rows] @ w.T  # [n, V] in the matmul dtype, as the head's output
-            dlogits, lse[rows], target[rows] = step(logits, safe[rows], counted[rows], weights)
-            del logits
-            if need_h:
-                grad_h[rows] = dlogits @ w
-            if need_w:
-                part = dlogits.T @ h[rows]  # [V, d]
-                if n <= chunk:
-                    grad_w = part
-                else:  # several chunks: sum in float32, as one [V, N] x [N, d] matmul would internally
-                    grad_w = part.to(_wide(w.dtype)) if grad_w is None else grad_w.add_(part)
+        grad_h, grad_w, lse, target = _head_pass(h, w, safe, counted, weights, chunk,
+                                                 need_h=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1])
         ce_sum = ((lse - target) * counted).sum()
         z_sum = (lse.square() * counted).sum()
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(w.dtype))
+        ctx.save_for_backward(grad_h, grad_w)
         ctx.mark_non_differentiable(ce_sum, z_sum)
         objective = weights[0] * ce_sum + weights[1] * z_sum
         return objective, ce_sum, z_sum
